@@ -1,0 +1,46 @@
+"""Oscar / Oscar+ (VinVL) for Hugging Face transformers.
+
+Importing the package registers the classes with the Auto classes, so a pip-installed user can
+`AutoModel.from_pretrained(folder)` without `trust_remote_code`; exported folders also carry the
+code as flat remote-code files for everyone else.
+"""
+
+from .configuration_oscar import OscarConfig
+from .modeling_oscar import (
+    OscarCaptionGenerationOutput,
+    OscarCaptioningOutput,
+    OscarForImageCaptioning,
+    OscarForImageTextRetrieval,
+    OscarForNLVR2,
+    OscarForPreTraining,
+    OscarForPreTrainingOutput,
+    OscarForSequenceClassification,
+    OscarImageTextRetrievalOutput,
+    OscarModel,
+    OscarModelOutput,
+    OscarPreTrainedModel,
+)
+from .registration import AUTO_MAP, register_auto_classes
+
+
+register_auto_classes()
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AUTO_MAP",
+    "OscarCaptionGenerationOutput",
+    "OscarCaptioningOutput",
+    "OscarConfig",
+    "OscarForImageCaptioning",
+    "OscarForImageTextRetrieval",
+    "OscarForNLVR2",
+    "OscarForPreTraining",
+    "OscarForPreTrainingOutput",
+    "OscarForSequenceClassification",
+    "OscarImageTextRetrievalOutput",
+    "OscarModel",
+    "OscarModelOutput",
+    "OscarPreTrainedModel",
+    "register_auto_classes",
+]

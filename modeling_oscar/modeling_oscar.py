@@ -1,0 +1,1437 @@
+"""Oscar / Oscar+ (VinVL): BERT over text, object tags and detector regions.
+
+Paper: "Oscar: Object-Semantics Aligned Pre-training for Vision-Language Tasks", Li et al., ECCV 2020
+(arXiv 2004.06165); Oscar+ in "VinVL: Revisiting Visual Representations in Vision-Language Models",
+Zhang et al., CVPR 2021. Original code: microsoft/Oscar at 266075f (pytorch_transformers 1.0).
+
+The file reads top to bottom: text and region embeddings -> self-attention -> layer -> encoder ->
+`OscarModel` -> the task heads (pre-training, classification/VQA/GQA, retrieval, NLVR2,
+captioning with `generate()`).
+
+What differs from the original, on purpose:
+- one forward per purpose; decoding goes through `GenerationMixin` with a real key/value cache that
+  is re-ordered across beams (the original's cached "fast" path forgot to re-order its history);
+- `OscarForImageCaptioning.generate(..., original_decoding=True)` reproduces the original greedy and
+  beam search exactly (scores, hypothesis bookkeeping, the `[SEP]` written at `max_length`);
+- SDPA attention next to the eager one, gradient checkpointing, typed outputs, clear input errors.
+What is kept on purpose: the -10000 additive mask constant (finite in fp16/bf16, so the all-masked
+caption-padding rows of the seq2seq mask stay finite), exact GELU, LayerNorm eps 1e-12.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import ModelOutput, logging
+
+from .configuration_oscar import OscarConfig
+
+
+logger = logging.get_logger(__name__)
+
+_TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+# The generation loop hands the cache to the model under `cache` in recent releases and under
+# `past_key_values` before; the model returns it under the name the installed loop reads back.
+try:
+    from transformers.generation.utils import ALL_CACHE_NAMES as _ALL_CACHE_NAMES
+except ImportError:  # transformers < 5.2x
+    _ALL_CACHE_NAMES = ["past_key_values"]
+_CACHE_NAME = "cache" if "cache" in _ALL_CACHE_NAMES else "past_key_values"
+
+# The original's additive mask value (see module docstring).
+MASK_VALUE = -10000.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OscarModelOutput(ModelOutput):
+    """Output of `OscarModel`.
+
+    Args:
+        last_hidden_state: (batch, text_len + num_regions, hidden) for text tokens then regions.
+        pooler_output: (batch, hidden), tanh(dense(hidden state of `[CLS]`)).
+        hidden_states: embeddings output plus one entry per layer, each like `last_hidden_state`.
+        attentions: one (batch, heads, query_len, key_len) tensor per layer.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class OscarForPreTrainingOutput(ModelOutput):
+    """Output of `OscarForPreTraining`.
+
+    Args:
+        loss: masked-token loss + contrastive loss (unweighted sum, as the original).
+        masked_lm_loss: cross entropy over the labelled text/tag positions.
+        contrastive_loss: cross entropy of the 2- or 3-way contrastive head.
+        prediction_logits: (batch, text_len + num_regions, vocab); region rows are never labelled.
+        contrastive_logits: (batch, num_contrast_classes).
+    """
+
+    loss: torch.FloatTensor | None = None
+    masked_lm_loss: torch.FloatTensor | None = None
+    contrastive_loss: torch.FloatTensor | None = None
+    prediction_logits: torch.FloatTensor | None = None
+    contrastive_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class OscarImageTextRetrievalOutput(ModelOutput):
+    """Output of `OscarForImageTextRetrieval`.
+
+    Args:
+        loss: 2-way cross entropy (0 = not matching, 1 = matching).
+        logits: (batch, 2).
+        scores: (batch,), softmax probability of "matching", the score the original ranks by.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    scores: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class OscarCaptioningOutput(ModelOutput):
+    """Output of `OscarForImageCaptioning`.
+
+    Args:
+        loss: caption loss (masked-token or shifted, with optional label smoothing / drop-worst).
+        logits: with `labels`, (num_targets, vocab) at the target positions in row-major order (the
+            original computes the vocabulary projection only there); without `labels`,
+            (batch, text_len, vocab); while decoding, (batch, 1, vocab) at the `[MASK]` slot.
+        past_key_values / cache: the key/value cache while decoding (one of the two is set,
+            depending on the name the installed transformers reads).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class OscarCaptionGenerationOutput(ModelOutput):
+    """Output of `OscarForImageCaptioning.generate(..., original_decoding=True, return_dict_in_generate=True)`.
+
+    Args:
+        sequences: (batch * num_return_sequences, max_length): `[CLS]`, the caption, `[SEP]`, then pad.
+        sequences_scores: (batch * num_return_sequences,): mean token log-probability (greedy/sampling)
+            or the beam score sum(logprob) / len(hypothesis incl. `[CLS]`) ** length_penalty.
+    """
+
+    sequences: torch.LongTensor | None = None
+    sequences_scores: torch.FloatTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Embeddings
+# ----------------------------------------------------------------------------------------------
+
+
+class OscarEmbeddings(nn.Module):
+    """BERT's text embeddings (word + position + token type, LayerNorm, dropout), as in BERT."""
+
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, input_ids: torch.LongTensor, token_type_ids: torch.LongTensor, position_ids: torch.LongTensor
+    ) -> torch.Tensor:
+        embeddings = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(position_ids)
+            + self.token_type_embeddings(token_type_ids)
+        )
+        return self.dropout(self.LayerNorm(embeddings))  # (batch, text_len, hidden)
+
+
+class OscarRegionEmbeddings(nn.Module):
+    """Projects detector region vectors into the hidden space.
+
+    Regions get no position and no token-type embedding: their only spatial signal is the 6 box
+    values inside the 2054-d vector. The LayerNorm exists only with `use_img_layernorm` (VinVL).
+    """
+
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.img_embedding = nn.Linear(config.img_feature_dim, config.hidden_size)
+        self.LayerNorm = (
+            nn.LayerNorm(config.hidden_size, eps=config.img_layer_norm_eps) if config.use_img_layernorm else None
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, img_feats: torch.Tensor) -> torch.Tensor:
+        embeddings = self.img_embedding(img_feats)  # (batch, num_regions, hidden)
+        if self.LayerNorm is not None:
+            embeddings = self.LayerNorm(embeddings)
+        return self.dropout(embeddings)
+
+
+# ----------------------------------------------------------------------------------------------
+# Transformer blocks (BERT's, with SDPA and a key/value cache that can keep some keys transient)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KeyLayout:
+    """How the new keys/values of a decoding step are laid out and cached.
+
+    Args:
+        order: indices into the new positions giving the key order of this step (the attention
+            mask's columns after the cached ones).
+        num_transient: how many trailing keys of that order are used for this step only and not
+            written to the cache (the `[MASK]` slot of caption decoding).
+    """
+
+    order: torch.LongTensor
+    num_transient: int = 0
+
+
+class OscarSelfAttention(nn.Module):
+    def __init__(self, config: OscarConfig, layer_idx: int):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.layer_idx = layer_idx
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+        self.config = config
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (batch, heads, len, head_dim)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Cache | None = None,
+        key_layout: KeyLayout | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        query = self._split_heads(self.query(hidden_states))
+        key = self._split_heads(self.key(hidden_states))
+        value = self._split_heads(self.value(hidden_states))
+        if key_layout is not None:
+            key, value = key[:, :, key_layout.order], value[:, :, key_layout.order]
+        if cache is not None:
+            # Write the persistent keys, then append the transient ones for this step only.
+            keep = key.shape[2] - (key_layout.num_transient if key_layout is not None else 0)
+            cached_key, cached_value = cache.update(key[:, :, :keep], value[:, :, :keep], self.layer_idx)
+            key = torch.cat([cached_key, key[:, :, keep:]], dim=2)
+            value = torch.cat([cached_value, value[:, :, keep:]], dim=2)
+
+        dropout = self.dropout_prob if self.training else 0.0
+        if self.config._attn_implementation == "sdpa" and not output_attentions:
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout)
+            probs = None
+        else:
+            scores = query @ key.transpose(-1, -2) / math.sqrt(self.head_dim) + attention_mask
+            probs = scores.softmax(dim=-1)
+            context = F.dropout(probs, p=dropout, training=self.training) @ value
+        batch, _, length, _ = context.shape
+        context = context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+        return context, probs
+
+
+class OscarSelfOutput(nn.Module):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+
+
+class OscarAttention(nn.Module):
+    def __init__(self, config: OscarConfig, layer_idx: int):
+        super().__init__()
+        self.self = OscarSelfAttention(config, layer_idx)
+        self.output = OscarSelfOutput(config)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> tuple:
+        context, probs = self.self(hidden_states, attention_mask, **kwargs)
+        return self.output(context, hidden_states), probs
+
+
+class OscarIntermediate(nn.Module):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]  # "gelu" is the exact erf GELU
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class OscarOutput(nn.Module):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+
+
+class OscarLayer(nn.Module):
+    def __init__(self, config: OscarConfig, layer_idx: int):
+        super().__init__()
+        self.attention = OscarAttention(config, layer_idx)
+        self.intermediate = OscarIntermediate(config)
+        self.output = OscarOutput(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Cache | None = None,
+        key_layout: KeyLayout | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, probs = self.attention(
+            hidden_states, attention_mask, cache=cache, key_layout=key_layout, output_attentions=output_attentions
+        )
+        return self.output(self.intermediate(attended), attended), probs
+
+
+class OscarEncoder(nn.Module):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([OscarLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Cache | None = None,
+        key_layout: KeyLayout | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training:
+                hidden_states, probs = self._gradient_checkpointing_func(
+                    layer.__call__, hidden_states, attention_mask, cache, key_layout, output_attentions
+                )
+            else:
+                hidden_states, probs = layer(hidden_states, attention_mask, cache, key_layout, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                all_attentions += (probs,)
+        return hidden_states, all_hidden, all_attentions
+
+
+class OscarPooler(nn.Module):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))  # (batch, hidden) from [CLS]
+
+
+# ----------------------------------------------------------------------------------------------
+# Pre-trained model base and the trunk
+# ----------------------------------------------------------------------------------------------
+
+
+class OscarPreTrainedModel(PreTrainedModel):
+    config_class = OscarConfig
+    base_model_prefix = "bert"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["OscarEmbeddings", "OscarLayer"]
+    _keys_to_ignore_on_load_unexpected = [r"^cls\.", r"^classifier\."]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+        elif isinstance(module, OscarLMPredictionHead):
+            module.bias.data.zero_()
+
+
+def _check_img_feats(img_feats: torch.Tensor, config: OscarConfig, batch: int) -> None:
+    if img_feats.dim() != 3:
+        raise ValueError(
+            f"img_feats must be (batch, num_regions, {config.img_feature_dim}), got shape {tuple(img_feats.shape)}."
+        )
+    if img_feats.shape[-1] != config.img_feature_dim:
+        raise ValueError(
+            f"img_feats has last dim {img_feats.shape[-1]}, but config.img_feature_dim is {config.img_feature_dim}. "
+            "Append the 6 box values ([x1/W, y1/H, x2/W, y2/H, w/W, h/H]) to 2048-d features with the processor, "
+            "or set img_feature_dim to the width of your features."
+        )
+    if img_feats.shape[0] != batch:
+        raise ValueError(
+            f"img_feats has batch size {img_feats.shape[0]} but input_ids has {batch}: pass one region set per text."
+        )
+    if img_feats.shape[1] > config.max_img_seq_length:
+        raise ValueError(
+            f"img_feats holds {img_feats.shape[1]} regions, more than config.max_img_seq_length="
+            f"{config.max_img_seq_length}. Keep the first {config.max_img_seq_length} regions (the processor does) "
+            "or raise max_img_seq_length."
+        )
+    if not torch.isfinite(img_feats).all():
+        raise ValueError("img_feats contains NaN or inf values; fix or drop those regions before the forward pass.")
+
+
+def _full_attention_mask(
+    attention_mask: torch.Tensor | None,
+    img_attention_mask: torch.Tensor | None,
+    batch: int,
+    text_len: int,
+    num_regions: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Returns a 2-D (batch, text_len + num_regions) or 3-D (batch, query_len, key_len) 0/1 mask."""
+    total = text_len + num_regions
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, text_len, dtype=torch.long, device=device)
+    if attention_mask.dim() == 3:
+        if img_attention_mask is not None:
+            raise ValueError("Pass img_attention_mask only with a 2-D text attention_mask; a 3-D mask already covers regions.")
+        if attention_mask.shape[0] != batch or attention_mask.shape[1] != total:
+            raise ValueError(
+                f"3-D attention_mask has shape {tuple(attention_mask.shape)}, expected ({batch}, {total}, key_len) "
+                f"for {text_len} text tokens and {num_regions} regions."
+            )
+        return attention_mask
+    if attention_mask.dim() != 2 or attention_mask.shape[0] != batch:
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({batch}, {text_len}) for the text, "
+            f"({batch}, {total}) for text and regions, or ({batch}, {total}, {total})."
+        )
+    if attention_mask.shape[1] == text_len and num_regions > 0:
+        if img_attention_mask is None:
+            img_attention_mask = torch.ones(batch, num_regions, dtype=attention_mask.dtype, device=device)
+        if tuple(img_attention_mask.shape) != (batch, num_regions):
+            raise ValueError(
+                f"img_attention_mask has shape {tuple(img_attention_mask.shape)}, expected ({batch}, {num_regions})."
+            )
+        return torch.cat([attention_mask, img_attention_mask.to(attention_mask.dtype)], dim=1)
+    if attention_mask.shape[1] != total:
+        raise ValueError(
+            f"attention_mask has length {attention_mask.shape[1]}, expected {text_len} (text only, regions taken from "
+            f"img_attention_mask) or {total} (text + regions)."
+        )
+    if img_attention_mask is not None:
+        raise ValueError("attention_mask already covers the regions; do not pass img_attention_mask as well.")
+    return attention_mask
+
+
+def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0/1 mask (batch, key) or (batch, query, key) -> additive (batch, 1, 1 or query, key)."""
+    mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None, :, :]
+    return (1.0 - mask.to(dtype)) * MASK_VALUE
+
+
+class OscarModel(OscarPreTrainedModel):
+    """The Oscar trunk: BERT over `[CLS] text [SEP] tags [SEP] [PAD]...` followed by the regions.
+
+    Example:
+        >>> import torch
+        >>> from oscar_hf import OscarConfig, OscarModel
+        >>> config = OscarConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+        >>> model = OscarModel(config).eval()
+        >>> out = model(input_ids=torch.tensor([[101, 1037, 102, 3899, 102]]), img_feats=torch.randn(1, 3, 2054))
+        >>> out.last_hidden_state.shape, out.pooler_output.shape
+        (torch.Size([1, 8, 32]), torch.Size([1, 32]))
+    """
+
+    def __init__(self, config: OscarConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = OscarEmbeddings(config)
+        self.region_embeddings = OscarRegionEmbeddings(config)
+        self.encoder = OscarEncoder(config)
+        self.pooler = OscarPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        img_feats: torch.FloatTensor | None = None,
+        img_attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        key_layout: KeyLayout | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> OscarModelOutput | tuple:
+        """
+        Args:
+            input_ids: (batch, text_len), `[CLS] text_a [SEP] tags [SEP]` then padding.
+            attention_mask: 0/1 mask, (batch, text_len) with `img_attention_mask` for the regions,
+                (batch, text_len + num_regions), or a full (batch, query_len, key_len) block mask.
+            token_type_ids: (batch, text_len); 0 for `[CLS]` text_a `[SEP]`, 1 for the tags.
+            position_ids: (batch, text_len); defaults to 0..text_len-1 (tags continue the text).
+            img_feats: (batch, num_regions, img_feature_dim) region vectors, appended after the text.
+            img_attention_mask: (batch, num_regions) 0/1 validity of the region slots.
+            cache, key_layout: decoding state, used by `OscarForImageCaptioning.generate`.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, text_len), got shape {tuple(input_ids.shape)}.")
+        batch, text_len = input_ids.shape
+        device = input_ids.device
+        num_regions = 0
+        if img_feats is not None:
+            _check_img_feats(img_feats, self.config, batch)
+            num_regions = img_feats.shape[1]
+
+        if position_ids is None:
+            if text_len > self.config.max_position_embeddings:
+                raise ValueError(
+                    f"input_ids has {text_len} tokens but max_position_embeddings is "
+                    f"{self.config.max_position_embeddings}; truncate the text and tags."
+                )
+            position_ids = torch.arange(text_len, device=device).expand(batch, text_len)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        for name, tensor in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+            if tuple(tensor.shape) != (batch, text_len):
+                raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected ({batch}, {text_len}) like input_ids.")
+
+        mask = _full_attention_mask(attention_mask, img_attention_mask, batch, text_len, num_regions, device)
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids)  # (batch, text_len, hidden)
+        if img_feats is not None:
+            regions = self.region_embeddings(img_feats.to(hidden.dtype))  # (batch, num_regions, hidden)
+            hidden = torch.cat([hidden, regions], dim=1)  # (batch, text_len + num_regions, hidden)
+        if mask.shape[-1] != hidden.shape[1] and cache is None:
+            raise ValueError(f"attention_mask covers {mask.shape[-1]} keys but the sequence has {hidden.shape[1]}.")
+        extended = _additive_mask(mask, hidden.dtype)
+
+        sequence, all_hidden, all_attentions = self.encoder(
+            hidden,
+            extended,
+            cache=cache,
+            key_layout=key_layout,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        pooled = self.pooler(sequence) if self.pooler is not None else None
+        if not return_dict:
+            return tuple(v for v in (sequence, pooled, all_hidden, all_attentions) if v is not None)
+        return OscarModelOutput(
+            last_hidden_state=sequence, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attentions
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Heads
+# ----------------------------------------------------------------------------------------------
+
+
+class OscarPredictionHeadTransform(nn.Module):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class OscarLMPredictionHead(nn.Module):
+    """Transform then a vocabulary projection (tied to the word embeddings) plus an output bias."""
+
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.transform = OscarPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden_states)) + self.bias
+
+
+class OscarOnlyMLMHead(nn.Module):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.predictions = OscarLMPredictionHead(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.predictions(hidden_states)
+
+
+class OscarPreTrainingHeads(nn.Module):
+    def __init__(self, config: OscarConfig):
+        super().__init__()
+        self.predictions = OscarLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, config.num_contrast_classes)
+
+    def forward(self, sequence: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.predictions(sequence), self.seq_relationship(pooled)
+
+
+def _tied_decoder_keys() -> dict[str, str] | list[str]:
+    # transformers 5 wants {target: source}; 4.x wants the list of targets.
+    target, source = "cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"
+    return {target: source} if _TRANSFORMERS_MAJOR >= 5 else [target]
+
+
+class _OscarWithLMHead(OscarPreTrainedModel):
+    """Shared embedding-tying plumbing of the two classes with a vocabulary head."""
+
+    _tied_weights_keys = _tied_decoder_keys()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.cls.predictions.decoder = new_embeddings
+
+
+class OscarForPreTraining(_OscarWithLMHead):
+    """Oscar pre-training: masked tokens over text+tags and the contrastive head on `[CLS]`.
+
+    Contrastive labels keep the original meaning: 0 matched, 1 text_b (tags or answer) polluted,
+    2 text_a (caption or question) polluted; Oscar uses classes 0/1 only.
+    """
+
+    def __init__(self, config: OscarConfig):
+        super().__init__(config)
+        self.bert = OscarModel(config)
+        self.cls = OscarPreTrainingHeads(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        img_feats: torch.FloatTensor | None = None,
+        img_attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        contrastive_labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> OscarForPreTrainingOutput | tuple:
+        """
+        Args:
+            labels: (batch, text_len) or (batch, text_len + num_regions) masked-token targets; -100
+                (or the original's -1) marks positions without a target.
+            contrastive_labels: (batch,) in [0, num_contrast_classes).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            img_feats=img_feats,
+            img_attention_mask=img_attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        prediction_logits, contrastive_logits = self.cls(outputs.last_hidden_state, outputs.pooler_output)
+
+        masked_lm_loss = contrastive_loss = loss = None
+        if labels is not None:
+            labels = _pad_labels_over_regions(labels, prediction_logits.shape[:2])
+            masked_lm_loss = F.cross_entropy(
+                prediction_logits.reshape(-1, self.config.vocab_size).float(),
+                labels.reshape(-1).masked_fill(labels.reshape(-1) == -1, -100),
+            )
+            loss = masked_lm_loss
+        if contrastive_labels is not None:
+            if contrastive_labels.shape != (input_ids.shape[0],):
+                raise ValueError(
+                    f"contrastive_labels has shape {tuple(contrastive_labels.shape)}, expected ({input_ids.shape[0]},)."
+                )
+            contrastive_loss = F.cross_entropy(contrastive_logits.float(), contrastive_labels)
+            loss = contrastive_loss if loss is None else loss + contrastive_loss
+
+        output = OscarForPreTrainingOutput(
+            loss=loss,
+            masked_lm_loss=masked_lm_loss,
+            contrastive_loss=contrastive_loss,
+            prediction_logits=prediction_logits,
+            contrastive_logits=contrastive_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def _pad_labels_over_regions(labels: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Accepts text-only labels (batch, text_len) and pads them with -100 over the region slots."""
+    batch, total = shape
+    if labels.dim() != 2 or labels.shape[0] != batch or labels.shape[1] > total:
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)}; expected ({batch}, text_len) or ({batch}, {total}) "
+            "with -100 at positions without a target."
+        )
+    if labels.shape[1] < total:
+        labels = F.pad(labels, (0, total - labels.shape[1]), value=-100)
+    return labels
+
+
+def _build_classifier(config: OscarConfig, in_features: int, pair: bool = False) -> nn.Module:
+    """`linear`: Linear(in, num_labels). `mlp`: Linear(in, H*scale) -> ReLU -> [LayerNorm] -> Linear."""
+    if config.classifier == "linear":
+        return nn.Linear(in_features, config.num_labels)
+    hidden = config.hidden_size * config.cls_hidden_scale
+    layers: list[nn.Module] = [nn.Linear(in_features, hidden), nn.ReLU()]
+    if pair and config.pair_classifier_layernorm:
+        layers.append(nn.LayerNorm(hidden, eps=config.layer_norm_eps))
+    layers.append(nn.Linear(hidden, config.num_labels))
+    return nn.Sequential(*layers)
+
+
+def _classification_loss(config: OscarConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    batch, num_labels = logits.shape
+    logits = logits.float()
+    if config.loss_type in ("bce", "kl"):
+        if tuple(labels.shape) != (batch, num_labels):
+            raise ValueError(
+                f"loss_type={config.loss_type!r} needs soft-score labels of shape ({batch}, {num_labels}), "
+                f"got {tuple(labels.shape)}."
+            )
+        if config.loss_type == "bce":
+            # The original multiplies the mean by the number of answers (instance_bce_with_logits).
+            return F.binary_cross_entropy_with_logits(logits, labels.float()) * num_labels
+        return F.kl_div(F.log_softmax(logits, dim=-1), labels.float(), reduction="batchmean")
+    if config.loss_type == "mse":
+        return F.mse_loss(logits.squeeze(-1), labels.float().view(-1))
+    if tuple(labels.shape) != (batch,):
+        raise ValueError(
+            f"loss_type='ce' needs class-index labels of shape ({batch},), got {tuple(labels.shape)}; "
+            "use loss_type='bce' for soft scores."
+        )
+    return F.cross_entropy(logits, labels.long())
+
+
+class OscarForSequenceClassification(OscarPreTrainedModel):
+    """`[CLS]` pooled output -> dropout -> classifier. VQA (3129 soft labels, `loss_type="bce"`),
+    GQA (1853-way, `"ce"`), and any text-image classification."""
+
+    def __init__(self, config: OscarConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = OscarModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = _build_classifier(config, config.hidden_size)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        img_feats: torch.FloatTensor | None = None,
+        img_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple:
+        """
+        Args:
+            labels: (batch,) class indices for `loss_type="ce"`, (batch, num_labels) soft scores for
+                `"bce"`/`"kl"`, (batch,) floats for `"mse"`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            img_feats=img_feats,
+            img_attention_mask=img_attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))  # (batch, num_labels)
+        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class OscarForImageTextRetrieval(OscarForSequenceClassification):
+    """Image-text matching (ITM) cross-encoder: 2-way classifier, score = p(match).
+
+    Rank captions for an image (or images for a caption) by `scores`, as the original evaluation.
+    """
+
+    def __init__(self, config: OscarConfig):
+        if config.num_labels != 2:
+            raise ValueError(f"OscarForImageTextRetrieval needs num_labels=2 (no match / match), got {config.num_labels}.")
+        super().__init__(config)
+
+    def forward(self, *args, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs):
+        """Same inputs as `OscarForSequenceClassification`; `labels` (batch,) with 1 for matching pairs."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        out = super().forward(*args, labels=labels, return_dict=True, **kwargs)
+        output = OscarImageTextRetrievalOutput(
+            loss=out.loss,
+            logits=out.logits,
+            scores=out.logits.float().softmax(dim=-1)[:, 1],
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class OscarForNLVR2(OscarPreTrainedModel):
+    """NLVR2: the sentence is encoded with each of the `num_choice` images; the pooled outputs are
+    concatenated (batch, num_choice * hidden) and classified (true/false)."""
+
+    def __init__(self, config: OscarConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = OscarModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = _build_classifier(config, config.num_choice * config.hidden_size, pair=True)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        img_feats: torch.FloatTensor | None = None,
+        img_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple:
+        """
+        Args:
+            input_ids: (batch, num_choice, text_len); every other input carries the same choice dim,
+                e.g. img_feats (batch, num_choice, num_regions, img_feature_dim).
+            labels: (batch,) 0/1 for `loss_type="ce"`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if input_ids.dim() != 3 or input_ids.shape[1] != self.config.num_choice:
+            raise ValueError(
+                f"input_ids must be (batch, num_choice={self.config.num_choice}, text_len), "
+                f"got shape {tuple(input_ids.shape)}."
+            )
+        batch = input_ids.shape[0]
+
+        def flat(x: torch.Tensor | None) -> torch.Tensor | None:  # (batch, choice, ...) -> (batch * choice, ...)
+            if x is None:
+                return None
+            if x.shape[:2] != input_ids.shape[:2]:
+                raise ValueError(f"Every NLVR2 input needs the leading (batch, num_choice) dims {tuple(input_ids.shape[:2])}, got {tuple(x.shape)}.")
+            return x.reshape(-1, *x.shape[2:])
+
+        outputs = self.bert(
+            flat(input_ids),
+            attention_mask=flat(attention_mask),
+            token_type_ids=flat(token_type_ids),
+            position_ids=flat(position_ids),
+            img_feats=flat(img_feats),
+            img_attention_mask=flat(img_attention_mask),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        pooled = outputs.pooler_output.reshape(batch, -1)  # (batch, num_choice * hidden)
+        logits = self.classifier(self.dropout(pooled))
+        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# ----------------------------------------------------------------------------------------------
+# Captioning
+# ----------------------------------------------------------------------------------------------
+
+
+def seq2seq_attention_mask(text_mask: torch.Tensor, img_mask: torch.Tensor, caption_length: int) -> torch.Tensor:
+    """UniLM seq2seq mask of captioning, (batch, L, L) for L = text_len + num_regions.
+
+    The caption slot (first `caption_length` tokens) attends causally to itself and fully to the
+    tags and regions; tags and regions attend to each other but never to the caption. Padding rows
+    and columns are 0.
+    """
+    valid = torch.cat([text_mask, img_mask.to(text_mask.dtype)], dim=1).bool()  # (batch, L)
+    total = valid.shape[1]
+    idx = torch.arange(total, device=valid.device)
+    in_caption = idx < caption_length
+    causal = idx[None, :] <= idx[:, None]  # (L, L): key j <= query i
+    allowed = torch.where(in_caption[:, None], ~in_caption[None, :] | causal, ~in_caption[None, :])
+    return (allowed[None] & valid[:, :, None] & valid[:, None, :]).long()
+
+
+def caption_decoding_mask(
+    caption_valid: torch.Tensor, context_valid: torch.Tensor, num_new: int, with_context_rows: bool
+) -> torch.Tensor:
+    """Mask of one decoding step, (batch, queries, keys), 0/1.
+
+    Keys are laid out as [context (tags, regions) | caption tokens so far | `[MASK]`]; queries as
+    [the `num_new` newest caption tokens | `[MASK]` | context rows, when the context is encoded in
+    this step]. Caption tokens see the context and earlier captions, `[MASK]` sees everything, the
+    context sees only the context.
+    """
+    batch, num_caption = caption_valid.shape
+    num_context = context_valid.shape[1]
+    caption_valid, context_valid = caption_valid.bool(), context_valid.bool()
+    first_new = num_caption - num_new
+    rows = torch.arange(first_new, num_caption, device=caption_valid.device)
+    causal = torch.arange(num_caption, device=caption_valid.device)[None, :] <= rows[:, None]  # (new, caption)
+    new_rows = torch.cat(
+        [
+            context_valid[:, None, :].expand(batch, num_new, num_context),
+            causal[None] & caption_valid[:, None, :],
+            caption_valid.new_zeros(batch, num_new, 1),
+        ],
+        dim=2,
+    )
+    mask_row = torch.cat([context_valid, caption_valid, caption_valid.new_ones(batch, 1)], dim=1)[:, None, :]
+    parts = [new_rows, mask_row]
+    if with_context_rows:
+        context_rows = torch.cat(
+            [context_valid, caption_valid.new_zeros(batch, num_caption + 1)], dim=1
+        )[:, None, :] & context_valid[:, :, None]
+        parts.append(context_rows)
+    return torch.cat(parts, dim=1).long()
+
+
+def caption_loss(
+    logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float, drop_worst_ratio: float
+) -> torch.Tensor:
+    """The original captioning loss: KL to a smoothed one-hot (eps/(V-1) off target), then
+    optionally keeps the `1 - drop_worst_ratio` lowest per-token losses."""
+    log_probs = F.log_softmax(logits.float(), dim=-1)  # (num_targets, vocab)
+    vocab = log_probs.shape[-1]
+    off = label_smoothing / (vocab - 1)
+    on = 1.0 - label_smoothing
+    target_logp = log_probs.gather(1, targets[:, None]).squeeze(1)
+    # sum_c t_c (log t_c - log p_c) with t = on at the target and `off` elsewhere.
+    entropy = on * math.log(on) + (vocab - 1) * (off * math.log(off) if off > 0 else 0.0)
+    cross = -(on * target_logp + off * (log_probs.sum(dim=-1) - target_logp))
+    losses = entropy + cross
+    if drop_worst_ratio > 0:
+        keep = int(losses.shape[0] * (1 - drop_worst_ratio))
+        losses = torch.topk(losses, k=keep, largest=False).values
+    return losses.mean()
+
+
+class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
+    """Captioning as UniLM seq2seq over `[caption slot | tags | regions]`.
+
+    Training predicts masked caption tokens under the seq2seq mask (`caption_loss="masked"`, the
+    original) or the next caption token (`"shifted"`). Decoding feeds `[CLS] w1..wt [MASK]` and reads
+    the prediction at `[MASK]`; with the cache each step only encodes `[w_t, [MASK]]`.
+
+    Example:
+        >>> import torch
+        >>> from oscar_hf import OscarConfig, OscarForImageCaptioning
+        >>> config = OscarConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+        >>> model = OscarForImageCaptioning(config).eval()
+        >>> out = model.generate(
+        ...     input_ids=torch.tensor([[101]]), tag_input_ids=torch.tensor([[3899, 102]]),
+        ...     img_feats=torch.randn(1, 3, 2054), max_length=6, num_beams=2)
+        >>> out.shape[1] <= 6
+        True
+    """
+
+    def __init__(self, config: OscarConfig):
+        super().__init__(config)
+        self.bert = OscarModel(config)
+        self.cls = OscarOnlyMLMHead(config)
+        self.post_init()
+
+    # -- training / scoring forward ------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        img_feats: torch.FloatTensor | None = None,
+        img_attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        global_step: int | None = None,
+        cache: Cache | None = None,
+        past_key_values: Cache | None = None,
+        key_layout: KeyLayout | None = None,
+        logits_position: int | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> OscarCaptioningOutput | tuple:
+        """
+        Args:
+            input_ids: (batch, text_len), caption slot of `config.max_caption_length` tokens
+                (`[CLS] caption [SEP] [PAD]...`) then the tags.
+            attention_mask: the 3-D seq2seq mask (batch, L, L), or a 2-D text mask from which it is
+                built (with `img_attention_mask` for the regions).
+            labels: (batch, text_len), target ids at the masked caption positions and -100 elsewhere
+                (`caption_loss="masked"`), or the caption ids with -100 off the caption
+                (`"shifted"`).
+            global_step: training step, for `drop_worst_after`; `None` counts as past it.
+            cache, past_key_values, key_layout, logits_position: decoding state set by
+                `prepare_inputs_for_generation`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        cache = cache if cache is not None else past_key_values
+        if cache is None and attention_mask is not None and attention_mask.dim() == 2 and img_feats is not None:
+            # Build the seq2seq mask when only padding masks are given.
+            num_regions = img_feats.shape[1]
+            text_len = input_ids.shape[1]
+            if attention_mask.shape[1] == text_len:
+                img_mask = img_attention_mask
+                if img_mask is None:
+                    img_mask = attention_mask.new_ones(input_ids.shape[0], num_regions)
+                attention_mask = seq2seq_attention_mask(attention_mask, img_mask, self.config.max_caption_length)
+                img_attention_mask = None
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            img_feats=img_feats,
+            img_attention_mask=img_attention_mask,
+            cache=cache,
+            key_layout=key_layout,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        text_hidden = outputs.last_hidden_state[:, : input_ids.shape[1]]  # (batch, text_len, hidden)
+
+        loss = None
+        if logits_position is not None:
+            logits = self.cls(text_hidden[:, logits_position : logits_position + 1])  # (batch, 1, vocab)
+        elif labels is not None:
+            if tuple(labels.shape) != tuple(input_ids.shape):
+                raise ValueError(
+                    f"labels has shape {tuple(labels.shape)}, expected {tuple(input_ids.shape)} like input_ids "
+                    "(-100 where there is no target)."
+                )
+            if self.config.caption_loss == "shifted":
+                text_hidden, labels = text_hidden[:, :-1], labels[:, 1:]
+            targets = labels != -100
+            logits = self.cls(text_hidden[targets])  # (num_targets, vocab)
+            drop = self.config.drop_worst_ratio
+            if global_step is not None and global_step < self.config.drop_worst_after:
+                drop = 0.0
+            loss = caption_loss(logits, labels[targets], self.config.label_smoothing, drop)
+        else:
+            logits = self.cls(text_hidden)
+
+        output = OscarCaptioningOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        if cache is not None:
+            output[_CACHE_NAME] = cache
+        return output if return_dict else output.to_tuple()
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        img_feats: torch.FloatTensor | None = None,
+        img_attention_mask: torch.Tensor | None = None,
+        tag_input_ids: torch.LongTensor | None = None,
+        tag_attention_mask: torch.Tensor | None = None,
+        tag_position_ids: torch.LongTensor | None = None,
+        use_cache: bool = True,
+        **kwargs,
+    ) -> dict:
+        """Builds one decoding step: `[new caption tokens, [MASK]]` (+ tags and regions on the first
+        step or without a cache), explicit positions and token types, and the step's mask."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        batch, num_caption = input_ids.shape
+        device = input_ids.device
+        config = self.config
+        if tag_input_ids is None:
+            tag_input_ids = input_ids.new_zeros(batch, 0)
+        if tag_attention_mask is None:
+            tag_attention_mask = (tag_input_ids != config.pad_token_id).long()
+        num_regions = img_feats.shape[1] if img_feats is not None else 0
+        if img_attention_mask is None:
+            img_attention_mask = input_ids.new_ones(batch, num_regions)
+        caption_valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        context_valid = torch.cat([tag_attention_mask.long(), img_attention_mask.long()], dim=1)
+        num_tags = tag_input_ids.shape[1]
+        if tag_position_ids is None and config.max_caption_length + num_tags > config.max_position_embeddings:
+            raise ValueError(
+                f"{num_tags} tag tokens from position {config.max_caption_length} exceed max_position_embeddings="
+                f"{config.max_position_embeddings}; truncate the tags."
+            )
+        if num_caption + 1 > config.max_caption_length:
+            raise ValueError(
+                f"Caption of {num_caption} tokens plus [MASK] would overlap the tags at position "
+                f"{config.max_caption_length}; lower max_length or raise max_caption_length."
+            )
+
+        use_cache = use_cache and cache is not None
+        incremental = use_cache and cache.get_seq_length() > 0
+        num_new = 1 if incremental else num_caption
+        new_tokens = input_ids[:, num_caption - num_new :]
+        mask_tokens = input_ids.new_full((batch, 1), config.mask_token_id)
+        caption_positions = torch.arange(num_caption - num_new, num_caption + 1, device=device).expand(batch, -1)
+        step = {
+            "use_cache": use_cache,
+            "logits_position": num_new,  # the [MASK] slot
+            "attention_mask": caption_decoding_mask(caption_valid, context_valid, num_new, not incremental),
+            "cache": cache if use_cache else None,
+        }
+        if incremental:
+            # Query [w_t, MASK]; keys [cache | w_t | MASK]; only w_t is written to the cache.
+            step.update(
+                input_ids=torch.cat([new_tokens, mask_tokens], dim=1),
+                token_type_ids=torch.zeros(batch, num_new + 1, dtype=torch.long, device=device),
+                position_ids=caption_positions,
+                key_layout=KeyLayout(order=torch.arange(num_new + 1, device=device), num_transient=1),
+            )
+            return step
+        # Query [caption, MASK, tags, regions]; keys in the cache order [tags, regions, caption] + MASK.
+        if tag_position_ids is None:
+            tag_position_ids = (torch.arange(num_tags, device=device) + config.max_caption_length).expand(batch, -1)
+        step.update(
+            input_ids=torch.cat([new_tokens, mask_tokens, tag_input_ids], dim=1),
+            token_type_ids=torch.cat(
+                [torch.zeros(batch, num_new + 1, dtype=torch.long, device=device), torch.ones_like(tag_input_ids)],
+                dim=1,
+            ),
+            position_ids=torch.cat([caption_positions, tag_position_ids], dim=1),
+            img_feats=img_feats,
+            key_layout=KeyLayout(
+                order=torch.cat(
+                    [
+                        torch.arange(num_new + 1, num_new + 1 + num_tags + num_regions, device=device),
+                        torch.arange(num_new, device=device),
+                        torch.tensor([num_new], device=device),
+                    ]
+                ),
+                num_transient=1 if use_cache else 0,
+            ),
+        )
+        return step
+
+    def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
+        cache.reorder_cache(beam_idx)
+        return cache
+
+    def generate(self, *args, original_decoding: bool | None = None, **kwargs):
+        """`GenerationMixin.generate`, plus `original_decoding=True` for the original greedy/beam search.
+
+        The original search (what the paper's numbers used) keeps 2 candidates per beam, scores a
+        finished hypothesis by sum(logprob) / len(hypothesis incl. `[CLS]`) ** length_penalty, never
+        stops early, and writes `[SEP]` in the last slot of an unfinished caption. It supports
+        greedy (`num_beams=1`) and beam search, `max_length`, `length_penalty` and
+        `num_return_sequences` (the original's `num_keep_best`). `original_decoding` defaults to
+        `generation_config.original_decoding` when that is set (converted checkpoints set it).
+        """
+        if original_decoding is None:
+            original_decoding = bool(getattr(self.generation_config, "original_decoding", False))
+        if not original_decoding:
+            return super().generate(*args, **kwargs)
+        return self._generate_original(*args, **kwargs)
+
+    @torch.no_grad()
+    def _generate_original(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        img_feats: torch.FloatTensor | None = None,
+        img_attention_mask: torch.Tensor | None = None,
+        tag_input_ids: torch.LongTensor | None = None,
+        tag_attention_mask: torch.Tensor | None = None,
+        tag_position_ids: torch.LongTensor | None = None,
+        max_length: int | None = None,
+        num_beams: int | None = None,
+        length_penalty: float | None = None,
+        num_return_sequences: int = 1,
+        use_cache: bool = True,
+        return_dict_in_generate: bool = False,
+        **unsupported,
+    ) -> OscarCaptionGenerationOutput | torch.LongTensor:
+        if unsupported:
+            raise ValueError(
+                f"original_decoding=True supports greedy and beam search only; unsupported arguments: "
+                f"{sorted(unsupported)}. Use original_decoding=False for sampling and other strategies."
+            )
+        gen = self.generation_config
+        max_length = max_length if max_length is not None else (gen.max_length or 20)
+        num_beams = num_beams if num_beams is not None else (gen.num_beams or 1)
+        if length_penalty is None:
+            length_penalty = gen.length_penalty if gen.length_penalty is not None else 1.0
+        if img_feats is None:
+            raise ValueError("img_feats is required for captioning.")
+        batch = img_feats.shape[0]
+        if input_ids is None:
+            input_ids = torch.full((batch, 1), self.config.bos_token_id, dtype=torch.long, device=img_feats.device)
+        search = _OriginalSearch(self, max_length, num_beams, length_penalty, num_return_sequences, use_cache)
+        sequences, scores = search.run(
+            input_ids,
+            attention_mask,
+            {
+                "img_feats": img_feats,
+                "img_attention_mask": img_attention_mask,
+                "tag_input_ids": tag_input_ids,
+                "tag_attention_mask": tag_attention_mask,
+                "tag_position_ids": tag_position_ids,
+            },
+        )
+        if return_dict_in_generate:
+            return OscarCaptionGenerationOutput(sequences=sequences, sequences_scores=scores)
+        return sequences
+
+
+class _OriginalSearch:
+    """Greedy and beam search exactly as the original Oscar code, on top of the cached decoding step."""
+
+    def __init__(
+        self,
+        model: OscarForImageCaptioning,
+        max_length: int,
+        num_beams: int,
+        length_penalty: float,
+        num_keep_best: int,
+        use_cache: bool,
+    ):
+        config = model.config
+        self.model = model
+        self.max_length = max_length
+        self.num_beams = num_beams
+        self.length_penalty = length_penalty
+        self.num_keep_best = num_keep_best
+        self.use_cache = use_cache
+        self.eos = config.eos_token_id
+        self.pad = config.pad_token_id
+        if num_beams == 1 and num_keep_best != 1:
+            raise ValueError("Greedy original decoding returns one sequence; set num_return_sequences=1.")
+        if num_keep_best > num_beams:
+            raise ValueError(f"num_return_sequences={num_keep_best} must be <= num_beams={num_beams}.")
+
+    def _step(self, input_ids: torch.LongTensor, model_kwargs: dict) -> torch.Tensor:
+        step = self.model.prepare_inputs_for_generation(input_ids, **model_kwargs)
+        out = self.model(**step, return_dict=True)
+        return out.logits[:, -1, :].float()  # (rows, vocab)
+
+    def run(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None, context: dict):
+        batch = input_ids.shape[0]
+
+        def rep(x):  # one copy per beam, beams of an example adjacent
+            return None if x is None else x.repeat_interleave(self.num_beams, dim=0)
+
+        model_kwargs = {key: rep(value) for key, value in context.items()}
+        model_kwargs.update(use_cache=self.use_cache, cache=DynamicCache() if self.use_cache else None)
+        if attention_mask is not None:
+            model_kwargs["attention_mask"] = rep(attention_mask)
+        input_ids = rep(input_ids)
+        if self.num_beams == 1:
+            return self._greedy(input_ids, model_kwargs)
+        return self._beam(input_ids, model_kwargs, batch)
+
+    def _grow_mask(self, model_kwargs: dict, order: torch.LongTensor | None = None) -> None:
+        mask = model_kwargs.get("attention_mask")
+        if mask is not None:
+            if order is not None:
+                mask = mask[order]
+            model_kwargs["attention_mask"] = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+
+    def _greedy(self, input_ids: torch.LongTensor, model_kwargs: dict):
+        batch = input_ids.shape[0]
+        unfinished = torch.ones(batch, dtype=torch.long, device=input_ids.device)
+        logprobs, alive = [], []
+        while input_ids.shape[1] < self.max_length:
+            logits = self._step(input_ids, model_kwargs)
+            next_token = logits.argmax(dim=-1)
+            logprobs.append(F.log_softmax(logits, dim=-1).gather(1, next_token[:, None]).squeeze(1))
+            alive.append(unfinished.clone())
+            tokens = next_token * unfinished + self.pad * (1 - unfinished)
+            input_ids = torch.cat([input_ids, tokens[:, None]], dim=1)
+            self._grow_mask(model_kwargs)
+            unfinished = unfinished * (tokens != self.eos).long()
+            if unfinished.max() == 0:
+                break
+        if input_ids.shape[1] == self.max_length:
+            # An unfinished caption gets [SEP] in its last slot.
+            input_ids[:, -1] = torch.where(unfinished.bool(), torch.full_like(unfinished, self.eos), input_ids[:, -1])
+        alive_t = torch.stack(alive, dim=1).float()
+        scores = (torch.stack(logprobs, dim=1) * alive_t).sum(dim=1) / alive_t.sum(dim=1)
+        pad = self.max_length - input_ids.shape[1]
+        if pad > 0:
+            input_ids = F.pad(input_ids, (0, pad), value=self.pad)
+        return input_ids, scores
+
+    def _beam(self, input_ids: torch.LongTensor, model_kwargs: dict, batch: int):
+        beams, device = self.num_beams, input_ids.device
+        hyps = [_BeamHypotheses(self.num_keep_best, self.max_length, self.length_penalty) for _ in range(batch)]
+        beam_scores = torch.zeros(batch, beams, device=device)
+        beam_scores[:, 1:] = -1e9  # at the first step only the first copy of each example expands
+        beam_scores = beam_scores.view(-1)
+        done = [False] * batch
+        while input_ids.shape[1] < self.max_length:
+            cur_len = input_ids.shape[1]
+            logits = self._step(input_ids, model_kwargs)
+            vocab = logits.shape[-1]
+            scores = F.log_softmax(logits, dim=-1) + beam_scores[:, None]
+            next_scores, next_words = scores.view(batch, beams * vocab).topk(2 * beams, dim=1)
+            chosen: list[tuple[float, int, int]] = []
+            for b in range(batch):
+                done[b] = done[b] or hyps[b].is_done(next_scores[b].max().item())
+                if done[b]:
+                    # Finished example: keep its rows in place (their content no longer matters).
+                    chosen.extend((0.0, self.pad, b * beams + k) for k in range(beams))
+                    continue
+                kept = []
+                for idx, score in zip(next_words[b].tolist(), next_scores[b].tolist()):
+                    beam_id, word = divmod(idx, vocab)
+                    row = b * beams + beam_id
+                    if word == self.eos or cur_len + 1 == self.max_length:
+                        hyps[b].add(input_ids[row, :cur_len].clone(), score)
+                    else:
+                        kept.append((score, word, row))
+                    if len(kept) == beams:
+                        break
+                if not kept:
+                    kept = [(0.0, self.pad, b * beams + k) for k in range(beams)]
+                chosen.extend(kept)
+            beam_scores = torch.tensor([c[0] for c in chosen], device=device, dtype=beam_scores.dtype)
+            words = torch.tensor([c[1] for c in chosen], device=device, dtype=torch.long)
+            rows = torch.tensor([c[2] for c in chosen], device=device, dtype=torch.long)
+            input_ids = torch.cat([input_ids[rows], words[:, None]], dim=1)
+            self._grow_mask(model_kwargs, rows)
+            for key in ("img_feats", "img_attention_mask", "tag_input_ids", "tag_attention_mask", "tag_position_ids"):
+                if model_kwargs.get(key) is not None:
+                    model_kwargs[key] = model_kwargs[key][rows]
+            if model_kwargs.get("cache") is not None:
+                model_kwargs["cache"].reorder_cache(rows)  # the original's cached path forgot this
+            if all(done):
+                break
+        return self._collect(hyps, batch, device)
+
+    def _collect(self, hyps: list[_BeamHypotheses], batch: int, device: torch.device):
+        sequences = torch.full((batch, self.num_keep_best, self.max_length), self.pad, dtype=torch.long, device=device)
+        scores = torch.full((batch, self.num_keep_best), -1e5, device=device)
+        for b, hyp in enumerate(hyps):
+            ranked = sorted(hyp.beams, key=lambda item: item[0], reverse=True)[: self.num_keep_best]
+            for k, (score, tokens) in enumerate(ranked):
+                sequences[b, k, : len(tokens)] = tokens
+                sequences[b, k, len(tokens)] = self.eos
+                scores[b, k] = score
+        return sequences.view(batch * self.num_keep_best, -1), scores.view(-1)
+
+
+class _BeamHypotheses:
+    """The n best finished hypotheses of one example, scored sum(logprob) / len ** length_penalty."""
+
+    def __init__(self, num_keep: int, max_length: int, length_penalty: float):
+        self.num_keep = num_keep
+        self.max_length = max_length - 1  # the original does not count [CLS] here
+        self.length_penalty = length_penalty
+        self.beams: list[tuple[float, torch.Tensor]] = []
+        self.worst_score = 1e9
+
+    def add(self, tokens: torch.Tensor, sum_logprobs: float) -> None:
+        score = sum_logprobs / len(tokens) ** self.length_penalty
+        if len(self.beams) < self.num_keep or score > self.worst_score:
+            self.beams.append((score, tokens))
+            if len(self.beams) > self.num_keep:
+                ranked = sorted((s, i) for i, (s, _) in enumerate(self.beams))
+                del self.beams[ranked[0][1]]
+                self.worst_score = ranked[1][0]
+            else:
+                self.worst_score = min(score, self.worst_score)
+
+    def is_done(self, best_sum_logprobs: float) -> bool:
+        if len(self.beams) < self.num_keep:
+            return False
+        return self.worst_score >= best_sum_logprobs / self.max_length**self.length_penalty
+
+
+__all__ = [
+    "OscarCaptionGenerationOutput",
+    "OscarCaptioningOutput",
+    "OscarForImageCaptioning",
+    "OscarForImageTextRetrieval",
+    "OscarForNLVR2",
+    "OscarForPreTraining",
+    "OscarForPreTrainingOutput",
+    "OscarForSequenceClassification",
+    "OscarImageTextRetrievalOutput",
+    "OscarModel",
+    "OscarModelOutput",
+    "OscarPreTrainedModel",
+    "caption_decoding_mask",
+    "caption_loss",
+    "seq2seq_attention_mask",
+]
