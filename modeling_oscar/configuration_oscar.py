@@ -247,7 +247,9 @@ class OscarConfig(PretrainedConfig):
         if "loss_type" in raw:
             loss = str(raw["loss_type"]).lower()
             if loss not in _ORIGINAL_LOSS_ALIASES:
-                raise ValueError(f"Unknown original loss_type {loss!r}: expected one of {sorted(_ORIGINAL_LOSS_ALIASES)}")
+                raise ValueError(
+                    f"Unknown original loss_type {loss!r}: expected one of {sorted(_ORIGINAL_LOSS_ALIASES)}"
+                )
             kwargs["loss_type"] = _ORIGINAL_LOSS_ALIASES[loss]
         if "tie_weights" in raw:
             kwargs["tie_word_embeddings"] = bool(raw["tie_weights"])

@@ -112,7 +112,7 @@ class OscarImageTextRetrievalOutput(ModelOutput):
 
 
 @dataclass
-class OscarCaptioningOutput(ModelOutput):
+class _OscarCaptioningOutputBase(ModelOutput):
     """Output of `OscarForImageCaptioning`.
 
     Args:
@@ -120,16 +120,29 @@ class OscarCaptioningOutput(ModelOutput):
         logits: with `labels`, (num_targets, vocab) at the target positions in row-major order (the
             original computes the vocabulary projection only there); without `labels`,
             (batch, text_len, vocab); while decoding, (batch, 1, vocab) at the `[MASK]` slot.
-        past_key_values / cache: the key/value cache while decoding (one of the two is set,
-            depending on the name the installed transformers reads).
+        cache (`past_key_values` before transformers 5.2x): the key/value cache while decoding.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# The cache field carries the name the installed generation loop reads back.
+if _CACHE_NAME == "cache":
+
+    @dataclass
+    class OscarCaptioningOutput(_OscarCaptioningOutputBase):
+        __doc__ = _OscarCaptioningOutputBase.__doc__
+        cache: Cache | None = None
+
+else:
+
+    @dataclass
+    class OscarCaptioningOutput(_OscarCaptioningOutputBase):
+        __doc__ = _OscarCaptioningOutputBase.__doc__
+        past_key_values: Cache | None = None
 
 
 @dataclass
@@ -438,7 +451,9 @@ def _full_attention_mask(
         attention_mask = torch.ones(batch, text_len, dtype=torch.long, device=device)
     if attention_mask.dim() == 3:
         if img_attention_mask is not None:
-            raise ValueError("Pass img_attention_mask only with a 2-D text attention_mask; a 3-D mask already covers regions.")
+            raise ValueError(
+                "Pass img_attention_mask only with a 2-D text attention_mask; a 3-D mask already covers regions."
+            )
         if attention_mask.shape[0] != batch or attention_mask.shape[1] != total:
             raise ValueError(
                 f"3-D attention_mask has shape {tuple(attention_mask.shape)}, expected ({batch}, {total}, key_len) "
@@ -551,7 +566,9 @@ class OscarModel(OscarPreTrainedModel):
             token_type_ids = torch.zeros_like(input_ids)
         for name, tensor in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
             if tuple(tensor.shape) != (batch, text_len):
-                raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected ({batch}, {text_len}) like input_ids.")
+                raise ValueError(
+                    f"{name} has shape {tuple(tensor.shape)}, expected ({batch}, {text_len}) like input_ids."
+                )
 
         mask = _full_attention_mask(attention_mask, img_attention_mask, batch, text_len, num_regions, device)
         hidden = self.embeddings(input_ids, token_type_ids, position_ids)  # (batch, text_len, hidden)
@@ -826,7 +843,9 @@ class OscarForImageTextRetrieval(OscarForSequenceClassification):
 
     def __init__(self, config: OscarConfig):
         if config.num_labels != 2:
-            raise ValueError(f"OscarForImageTextRetrieval needs num_labels=2 (no match / match), got {config.num_labels}.")
+            raise ValueError(
+                f"OscarForImageTextRetrieval needs num_labels=2 (no match / match), got {config.num_labels}."
+            )
         super().__init__(config)
 
     def forward(self, *args, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs):
@@ -887,7 +906,9 @@ class OscarForNLVR2(OscarPreTrainedModel):
             if x is None:
                 return None
             if x.shape[:2] != input_ids.shape[:2]:
-                raise ValueError(f"Every NLVR2 input needs the leading (batch, num_choice) dims {tuple(input_ids.shape[:2])}, got {tuple(x.shape)}.")
+                raise ValueError(
+                    f"Every NLVR2 input needs the leading (batch, num_choice) dims {tuple(input_ids.shape[:2])}, got {tuple(x.shape)}."
+                )
             return x.reshape(-1, *x.shape[2:])
 
         outputs = self.bert(
@@ -958,9 +979,10 @@ def caption_decoding_mask(
     mask_row = torch.cat([context_valid, caption_valid, caption_valid.new_ones(batch, 1)], dim=1)[:, None, :]
     parts = [new_rows, mask_row]
     if with_context_rows:
-        context_rows = torch.cat(
-            [context_valid, caption_valid.new_zeros(batch, num_caption + 1)], dim=1
-        )[:, None, :] & context_valid[:, :, None]
+        context_rows = (
+            torch.cat([context_valid, caption_valid.new_zeros(batch, num_caption + 1)], dim=1)[:, None, :]
+            & context_valid[:, :, None]
+        )
         parts.append(context_rows)
     return torch.cat(parts, dim=1).long()
 
@@ -1023,7 +1045,6 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
         labels: torch.LongTensor | None = None,
         global_step: int | None = None,
         cache: Cache | None = None,
-        past_key_values: Cache | None = None,
         key_layout: KeyLayout | None = None,
         logits_position: int | None = None,
         output_attentions: bool | None = None,
@@ -1041,11 +1062,10 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
                 (`caption_loss="masked"`), or the caption ids with -100 off the caption
                 (`"shifted"`).
             global_step: training step, for `drop_worst_after`; `None` counts as past it.
-            cache, past_key_values, key_layout, logits_position: decoding state set by
-                `prepare_inputs_for_generation`.
+            cache, key_layout, logits_position: decoding state set by `prepare_inputs_for_generation`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        cache = cache if cache is not None else past_key_values
+        cache = cache if cache is not None else kwargs.get("past_key_values")
         if cache is None and attention_mask is not None and attention_mask.dim() == 2 and img_feats is not None:
             # Build the seq2seq mask when only padding masks are given.
             num_regions = img_feats.shape[1]
@@ -1220,12 +1240,16 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
         num_return_sequences: int = 1,
         use_cache: bool = True,
         return_dict_in_generate: bool = False,
+        pad_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        do_sample: bool = False,
         **unsupported,
     ) -> OscarCaptionGenerationOutput | torch.LongTensor:
-        if unsupported:
+        if do_sample or unsupported:
             raise ValueError(
                 f"original_decoding=True supports greedy and beam search only; unsupported arguments: "
-                f"{sorted(unsupported)}. Use original_decoding=False for sampling and other strategies."
+                f"{sorted(unsupported) + (['do_sample'] if do_sample else [])}. Use original_decoding=False for "
+                "sampling and other strategies."
             )
         gen = self.generation_config
         max_length = max_length if max_length is not None else (gen.max_length or 20)
@@ -1238,6 +1262,8 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
         if input_ids is None:
             input_ids = torch.full((batch, 1), self.config.bos_token_id, dtype=torch.long, device=img_feats.device)
         search = _OriginalSearch(self, max_length, num_beams, length_penalty, num_return_sequences, use_cache)
+        search.pad = pad_token_id if pad_token_id is not None else search.pad
+        search.eos = eos_token_id if eos_token_id is not None else search.eos
         sequences, scores = search.run(
             input_ids,
             attention_mask,

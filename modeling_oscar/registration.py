@@ -24,8 +24,6 @@ from transformers import (
 from .configuration_oscar import OscarConfig
 from .modeling_oscar import (
     OscarForImageCaptioning,
-    OscarForImageTextRetrieval,
-    OscarForNLVR2,
     OscarForPreTraining,
     OscarForSequenceClassification,
     OscarModel,
