@@ -254,9 +254,11 @@ def _write_tokenizer(src: Path, out: Path, vocab: str | os.PathLike | None) -> N
     lower = True
     if special.is_file():
         lower = json.loads(special.read_text(encoding="utf-8")).get("do_lower_case", True)
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=lower)
-    tokenizer.save_pretrained(out)
+    # Loading from a folder holding vocab.txt works the same on transformers 4.x and 5.x (the
+    # constructors' vocabulary arguments differ between them).
     shutil.copyfile(vocab_file, out / "vocab.txt")
+    tokenizer = BertTokenizerFast.from_pretrained(out, do_lower_case=lower)
+    tokenizer.save_pretrained(out)
 
 
 def main(argv: list[str] | None = None) -> None:
