@@ -15,3 +15,7 @@ test:
 
 test-fast:
 	$(PY) -m pytest tests -m "not slow"
+
+# transformers 4.57 + huggingface_hub 0.36 side by side (not on sys.path unless a test adds it).
+compat-4.57:
+	$(PY) -m pip install -q --target .cache/tf457 --no-deps "transformers==4.57.6" "huggingface_hub==0.36.0" "tokenizers==0.22.1"

@@ -5,6 +5,8 @@ The repository folders are mapped onto import names that do not shadow PyPI proj
 ``recipes/data/`` (dataset builders) as ``oscar_hf.data``.
 """
 
+from pathlib import Path
+
 from setuptools import setup
 
 
@@ -31,7 +33,7 @@ setup(
     name="oscar-hf",
     version="0.1.0.dev0",
     description="Oscar and Oscar+ (VinVL) vision-language models, native to Hugging Face transformers",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",

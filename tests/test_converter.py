@@ -83,7 +83,9 @@ def test_v1_caption_head_layout(fixture_dir, tmp_path):
 
 def test_missing_head_is_an_error_unless_new_head(fixture_dir, tmp_path):
     name = "seqcls_linear_bce"
-    headless = copy_case(fixture_dir, name, tmp_path, lambda sd: {k: v for k, v in sd.items() if "classifier" not in k})
+    headless = copy_case(
+        fixture_dir, name, tmp_path, lambda sd: {k: v for k, v in sd.items() if "classifier" not in k}
+    )
     with pytest.raises(CheckpointLayoutError, match=r"missing head keys: \['classifier.bias', 'classifier.weight'\]"):
         convert_checkpoint(headless, None, "classification")
     model = convert_checkpoint(headless, None, "classification", new_head=True, num_labels=7)
@@ -92,7 +94,9 @@ def test_missing_head_is_an_error_unless_new_head(fixture_dir, tmp_path):
 
 def test_unexpected_and_wrong_task_keys(fixture_dir, tmp_path):
     name = "seqcls_linear_bce"
-    extra = copy_case(fixture_dir, name, tmp_path, lambda sd: {**sd, "bert.encoder.layer.9.output.dense.weight": torch.zeros(1)})
+    extra = copy_case(
+        fixture_dir, name, tmp_path, lambda sd: {**sd, "bert.encoder.layer.9.output.dense.weight": torch.zeros(1)}
+    )
     with pytest.raises(CheckpointLayoutError, match="unexpected keys"):
         convert_checkpoint(extra, None, "classification")
     with pytest.raises(CheckpointLayoutError, match="Pick the --task"):
@@ -134,7 +138,13 @@ def test_command_line_writes_a_loadable_folder(fixture_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     names = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "config.json", "generation_config.json", "modeling_oscar.py", "configuration_oscar.py"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "modeling_oscar.py",
+        "configuration_oscar.py",
+    } <= names
     assert "tokenizer.json" in names or "vocab.txt" in names
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 

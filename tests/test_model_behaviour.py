@@ -170,7 +170,9 @@ def test_original_decoding_refuses_sampling():
 def test_caption_loss_equals_cross_entropy_without_smoothing():
     logits = torch.randn(7, 50)
     targets = torch.randint(0, 50, (7,))
-    torch.testing.assert_close(caption_loss(logits, targets, 0.0, 0.0), torch.nn.functional.cross_entropy(logits, targets))
+    torch.testing.assert_close(
+        caption_loss(logits, targets, 0.0, 0.0), torch.nn.functional.cross_entropy(logits, targets)
+    )
 
 
 def test_caption_loss_drop_worst_keeps_the_lowest():
@@ -182,14 +184,20 @@ def test_caption_loss_drop_worst_keeps_the_lowest():
 
 
 def test_drop_worst_waits_for_drop_worst_after():
-    model = OscarForImageCaptioning(tiny_config(drop_worst_ratio=0.5, drop_worst_after=100, max_caption_length=5)).eval()
+    model = OscarForImageCaptioning(
+        tiny_config(drop_worst_ratio=0.5, drop_worst_after=100, max_caption_length=5)
+    ).eval()
     ids = torch.randint(5, 99, (2, 9))
     labels = torch.full_like(ids, -100)
     labels[:, 1:4] = ids[:, 1:4]
     feats = torch.randn(2, 3, 14)
     with torch.no_grad():
-        early = model(input_ids=ids, img_feats=feats, labels=labels, attention_mask=torch.ones_like(ids), global_step=5)
-        late = model(input_ids=ids, img_feats=feats, labels=labels, attention_mask=torch.ones_like(ids), global_step=500)
+        early = model(
+            input_ids=ids, img_feats=feats, labels=labels, attention_mask=torch.ones_like(ids), global_step=5
+        )
+        late = model(
+            input_ids=ids, img_feats=feats, labels=labels, attention_mask=torch.ones_like(ids), global_step=500
+        )
     assert late.loss < early.loss
 
 
@@ -288,7 +296,13 @@ def test_nlvr2_needs_the_choice_dim():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("classifier", "deep"), ("loss_type", "xe"), ("num_contrast_classes", 4), ("hidden_size", 30), ("label_smoothing", 1.5)],
+    [
+        ("classifier", "deep"),
+        ("loss_type", "xe"),
+        ("num_contrast_classes", 4),
+        ("hidden_size", 30),
+        ("label_smoothing", 1.5),
+    ],
 )
 def test_config_validation(field, value):
     with pytest.raises(ValueError, match=f"OscarConfig.{field}"):

@@ -89,9 +89,14 @@ def test_save_load_round_trip(model_class, tmp_path):
     assert (tmp_path / "model.safetensors").is_file()
     reloaded = model_class.from_pretrained(tmp_path).eval()
     with torch.no_grad():
-        torch.testing.assert_close(main_output(model_class, model(**inputs)), main_output(model_class, reloaded(**inputs)))
+        torch.testing.assert_close(
+            main_output(model_class, model(**inputs)), main_output(model_class, reloaded(**inputs))
+        )
     if hasattr(model, "cls") and config.tie_word_embeddings:
-        assert reloaded.cls.predictions.decoder.weight.data_ptr() == reloaded.bert.embeddings.word_embeddings.weight.data_ptr()
+        assert (
+            reloaded.cls.predictions.decoder.weight.data_ptr()
+            == reloaded.bert.embeddings.word_embeddings.weight.data_ptr()
+        )
 
 
 @pytest.mark.parametrize("model_class", ALL_CLASSES)
@@ -100,7 +105,9 @@ def test_eval_is_deterministic(model_class):
     model = model_class(config).eval()
     inputs = make_inputs(model_class, config)
     with torch.no_grad():
-        torch.testing.assert_close(main_output(model_class, model(**inputs)), main_output(model_class, model(**inputs)), atol=0, rtol=0)
+        torch.testing.assert_close(
+            main_output(model_class, model(**inputs)), main_output(model_class, model(**inputs)), atol=0, rtol=0
+        )
 
 
 @pytest.mark.parametrize("model_class", HEADS)
