@@ -78,7 +78,7 @@ LOADER = textwrap.dedent(
             if case["call"] == "forward" and inputs["input_ids"].dim() == 2:
                 hidden = base(**trunk_kwargs).last_hidden_state
                 same["trunk"] = float((hidden - expected["trunk"]).abs().max())
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
         same["tokenizer"] = tokenizer("a dog", "couch")["input_ids"] == [101, 1037, 3899, 102, 6411, 102]
         results[case["name"]] = {"class": type(model).__name__, "config": type(config).__name__, **same}
     print("RESULT " + json.dumps(results))
@@ -137,6 +137,7 @@ def run_loader(jobs: list[dict], modules_cache: Path, extra_path: Path | None = 
         env["PYTHONPATH"] = str(extra_path)
     result = subprocess.run(
         [sys.executable, "-c", LOADER, json.dumps({"cases": jobs})],
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         env=env,
@@ -144,8 +145,8 @@ def run_loader(jobs: list[dict], modules_cache: Path, extra_path: Path | None = 
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT ") :])
+    line = next(line for line in result.stdout.splitlines() if "RESULT " in line)
+    return json.loads(line.split("RESULT ", 1)[1])
 
 
 def check(results: dict, jobs: list[dict]) -> None:
