@@ -203,3 +203,15 @@ def test_half_precision_masks_stay_finite(dtype):
     with torch.no_grad():
         out = model(**inputs, output_hidden_states=True)
     assert all(torch.isfinite(h).all() for h in out.hidden_states)
+
+
+def test_local_auto_registration(tmp_path):
+    """`import oscar_hf` registers the classes: no remote code needed for pip users."""
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForPreTraining
+
+    config = config_for(OscarForImageCaptioning)
+    OscarForImageCaptioning(config).save_pretrained(tmp_path)
+    assert type(AutoConfig.from_pretrained(tmp_path)).__name__ == "OscarConfig"
+    assert isinstance(AutoModelForImageTextToText.from_pretrained(tmp_path), OscarForImageCaptioning)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), OscarModel)
+    assert isinstance(AutoModelForPreTraining.from_pretrained(tmp_path), OscarForPreTraining)
