@@ -848,10 +848,33 @@ class OscarForImageTextRetrieval(OscarForSequenceClassification):
             )
         super().__init__(config)
 
-    def forward(self, *args, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs):
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        img_feats: torch.FloatTensor | None = None,
+        img_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> OscarImageTextRetrievalOutput | tuple:
         """Same inputs as `OscarForSequenceClassification`; `labels` (batch,) with 1 for matching pairs."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        out = super().forward(*args, labels=labels, return_dict=True, **kwargs)
+        out = super().forward(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            img_feats=img_feats,
+            img_attention_mask=img_attention_mask,
+            labels=labels,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         output = OscarImageTextRetrievalOutput(
             loss=out.loss,
             logits=out.logits,
@@ -1261,9 +1284,16 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
         batch = img_feats.shape[0]
         if input_ids is None:
             input_ids = torch.full((batch, 1), self.config.bos_token_id, dtype=torch.long, device=img_feats.device)
-        search = _OriginalSearch(self, max_length, num_beams, length_penalty, num_return_sequences, use_cache)
-        search.pad = pad_token_id if pad_token_id is not None else search.pad
-        search.eos = eos_token_id if eos_token_id is not None else search.eos
+        search = _OriginalSearch(
+            self,
+            max_length=max_length,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            num_keep_best=num_return_sequences,
+            use_cache=use_cache,
+            pad_token_id=pad_token_id if pad_token_id is not None else self.config.pad_token_id,
+            eos_token_id=eos_token_id if eos_token_id is not None else self.config.eos_token_id,
+        )
         sequences, scores = search.run(
             input_ids,
             attention_mask,
@@ -1291,16 +1321,17 @@ class _OriginalSearch:
         length_penalty: float,
         num_keep_best: int,
         use_cache: bool,
+        pad_token_id: int,
+        eos_token_id: int,
     ):
-        config = model.config
         self.model = model
         self.max_length = max_length
         self.num_beams = num_beams
         self.length_penalty = length_penalty
         self.num_keep_best = num_keep_best
         self.use_cache = use_cache
-        self.eos = config.eos_token_id
-        self.pad = config.pad_token_id
+        self.eos = eos_token_id
+        self.pad = pad_token_id
         if num_beams == 1 and num_keep_best != 1:
             raise ValueError("Greedy original decoding returns one sequence; set num_return_sequences=1.")
         if num_keep_best > num_beams:
