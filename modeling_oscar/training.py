@@ -1,0 +1,459 @@
+"""What every training recipe shares: arguments, model initialisation, the Accelerate loop, export.
+
+The recipes in `recipes/` stay thin (data loaders, loss, evaluation, main); the pieces that would
+otherwise be copied five times live here and are tested once:
+
+- `RecipeArguments`: dataclass arguments, read from a YAML file (`--config`) then overridden on the
+  command line, saved next to the checkpoints;
+- `load_model`: a model from our folders, a converted or still-original Oscar checkpoint, or a
+  plain BERT folder (trunk from BERT, regions and heads new);
+- `train`: the loop (accumulation, clipping, AdamW without decay on bias/LayerNorm, linear warmup,
+  `save_state` every N steps, exact resume including data order and collator randomness,
+  evaluation with best-checkpoint selection, progress bars and trackers);
+- `export`: safetensors + config + processor + remote code + a filled model card, optionally pushed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import HfArgumentParser, PreTrainedModel, get_linear_schedule_with_warmup
+
+from .configuration_oscar import OscarConfig
+from .hub import build_model_card, push_folder
+from .registration import auto_map_for, copy_remote_code
+
+
+@dataclass
+class RecipeArguments:
+    """Arguments shared by every recipe. Task recipes subclass this and add their own."""
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "checkpoints, logs and the final export"})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "our folder, an original Oscar checkpoint folder, or a plain BERT folder; None = random"},
+    )
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "JSON object of OscarConfig fields, e.g. '{\"hidden_dropout_prob\": 0.3}'"}
+    )
+    train_data: str | None = field(default=None, metadata={"help": "Parquet file/folder/glob of the training set"})
+    eval_data: str | None = field(default=None, metadata={"help": "Parquet file/folder/glob of the evaluation set"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "truncate the training set (debugging)"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "truncate the evaluation set"})
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.05
+    adam_epsilon: float = 1e-8
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: int = 1
+    max_train_steps: int | None = field(default=None, metadata={"help": "overrides num_train_epochs"})
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 88
+    checkpointing_steps: int | None = field(default=None, metadata={"help": "save_state every N optimizer steps"})
+    checkpoints_total_limit: int | None = field(default=None, metadata={"help": "keep at most this many states"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a state folder, or 'latest'"})
+    eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (and at the end)"})
+    metric_for_best: str | None = field(default=None, metadata={"help": "metric that selects the best checkpoint"})
+    greater_is_better: bool = True
+    logging_steps: int = 10
+    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard, wandb, all or none"})
+    dataloader_num_workers: int = 0
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = False
+    hub_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be >= 1.")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id (e.g. 'your-name/oscar-base-vqa').")
+        if self.resume_from_checkpoint not in (None, "latest") and not Path(self.resume_from_checkpoint).is_dir():
+            raise FileNotFoundError(
+                f"resume_from_checkpoint={self.resume_from_checkpoint!r} is not a folder; pass a "
+                "checkpoints/step_N folder or 'latest'."
+            )
+
+    def config_dict(self) -> dict[str, Any]:
+        if not self.config_overrides:
+            return {}
+        try:
+            overrides = json.loads(self.config_overrides)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"config_overrides is not valid JSON: {self.config_overrides!r}") from error
+        if not isinstance(overrides, dict):
+            raise ValueError(f"config_overrides must be a JSON object, got {self.config_overrides!r}.")
+        return overrides
+
+
+def parse_recipe_args(arg_class: type, argv: list[str] | None = None):
+    """Parses `--config file.yaml` (defaults) then the other command-line flags (overrides)."""
+    import yaml
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(arg_class)
+    if "--config" in argv:
+        index = argv.index("--config")
+        config_file = Path(argv[index + 1])
+        del argv[index : index + 2]
+        if not config_file.is_file():
+            raise FileNotFoundError(f"--config {str(config_file)!r} does not exist.")
+        values = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        known = {f.name for f in arg_class.__dataclass_fields__.values()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{config_file}: unknown keys {unknown}; valid keys are the {arg_class.__name__} fields.")
+        if isinstance(values.get("config_overrides"), dict):
+            values["config_overrides"] = json.dumps(values["config_overrides"])
+        parser.set_defaults(**values)
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    return args
+
+
+def save_resolved_args(args, output_dir: str | os.PathLike) -> None:
+    """Writes the arguments actually used as YAML and JSON next to the checkpoints."""
+    import yaml
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    values = {k: v for k, v in asdict(args).items() if k != "hub_token"}
+    (out / "args.json").write_text(json.dumps(values, indent=2), encoding="utf-8")
+    (out / "args.yaml").write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def _read_config(folder: Path) -> dict:
+    file = folder / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"No config.json in {str(folder)!r}: pass a model folder.")
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def load_model(model_class: type[PreTrainedModel], name_or_path: str | None, **config_overrides) -> PreTrainedModel:
+    """Builds `model_class` from one of the folders users hold.
+
+    - `None`: random weights from `OscarConfig(**config_overrides)`;
+    - a folder of ours (`model_type: "oscar"`): `from_pretrained`;
+    - an original Oscar/VinVL checkpoint (`model_type: "bert"` with `img_feature_dim`): converted in
+      memory, the task head kept when present, else started fresh;
+    - a plain BERT folder (e.g. bert-base-uncased): the trunk from BERT, regions and heads new.
+    """
+    if name_or_path is None:
+        return model_class(OscarConfig(**config_overrides))
+    folder = Path(name_or_path)
+    raw = _read_config(folder)
+    if raw.get("model_type") == "oscar":
+        return model_class.from_pretrained(folder, **config_overrides)
+    if "img_feature_dim" in raw and (folder / "pytorch_model.bin").is_file():
+        from .convert_original_checkpoint import TASK_CLASSES, convert_checkpoint
+
+        task = next(name for name, cls in TASK_CLASSES.items() if cls is model_class)
+        return convert_checkpoint(folder, None, task, new_head=True, **config_overrides)
+    if raw.get("model_type") == "bert":
+        bert_fields = {
+            k: raw[k] for k in OscarConfig().to_dict() if k in raw and k not in ("architectures", "model_type")
+        }
+        config = OscarConfig(**{**bert_fields, **config_overrides})
+        return model_class.from_pretrained(folder, config=config)
+    raise ValueError(
+        f"{str(folder)!r} has model_type {raw.get('model_type')!r}; expected an Oscar folder, an original Oscar "
+        "checkpoint or a BERT folder."
+    )
+
+
+def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights (as BERT and the original)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class GeneratorState:
+    """Makes a `torch.Generator` (e.g. a collator's masking RNG) part of `save_state`/`load_state`."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"])
+
+
+# ------------------------------------------------------------------------------------------ loop
+
+
+def make_accelerator(args: RecipeArguments, project_name: str):
+    """An `Accelerator` with a seedable sampler (same data order on resume), trackers and seeding."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+
+    log_with = None if args.report_to in ("none", "", None) else args.report_to
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=log_with,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    if log_with is not None:
+        config = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
+        accelerator.init_trackers(project_name, config=config)
+    if accelerator.is_main_process:
+        save_resolved_args(args, args.output_dir)
+    return accelerator
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    last_loss: float | None
+    best_metrics: dict[str, float] | None
+    best_dir: Path | None
+    history: list[dict]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The `checkpoints/step_N` folder with the largest N, or None."""
+    folder = Path(output_dir) / "checkpoints"
+    steps = [(int(m.group(1)), p) for p in folder.glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))]
+    return max(steps)[1] if steps else None
+
+
+def _resume_step(accelerator, args: RecipeArguments) -> int:
+    if not args.resume_from_checkpoint:
+        return 0
+    path = (
+        latest_checkpoint(args.output_dir)
+        if args.resume_from_checkpoint == "latest"
+        else Path(args.resume_from_checkpoint)
+    )
+    if path is None:
+        accelerator.print(f"No checkpoint under {args.output_dir}/checkpoints; starting from scratch.")
+        return 0
+    accelerator.print(f"Resuming from {path}")
+    accelerator.load_state(str(path))
+    return int(path.name.split("_")[-1])
+
+
+def _save_state(accelerator, args: RecipeArguments, step: int) -> None:
+    folder = Path(args.output_dir) / "checkpoints"
+    accelerator.save_state(str(folder / f"step_{step}"))
+    if accelerator.is_main_process and args.checkpoints_total_limit:
+        states = sorted(folder.glob("step_*"), key=lambda p: int(p.name.split("_")[-1]))
+        for old in states[: -args.checkpoints_total_limit]:
+            import shutil
+
+            shutil.rmtree(old)
+
+
+def train(
+    args: RecipeArguments,
+    accelerator,
+    model: PreTrainedModel,
+    train_dataloader: Iterable,
+    compute_loss: Callable[[torch.nn.Module, dict, int], torch.Tensor],
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    checkpoint_objects: Iterable[Any] = (),
+) -> tuple[torch.nn.Module, TrainResult]:
+    """Runs the optimisation loop; returns the prepared model and what happened.
+
+    Args:
+        compute_loss: `(model, batch, global_step) -> loss` on one batch.
+        evaluate: `(model) -> metrics`, run every `eval_steps` and at the end (all processes call it;
+            use `accelerator.gather_for_metrics` inside).
+        checkpoint_objects: extra stateful objects (`state_dict`/`load_state_dict`), e.g. a
+            `GeneratorState` of the collator, saved and restored with the checkpoints.
+    """
+    from tqdm.auto import tqdm
+
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW(
+        optimizer_groups(model, args.weight_decay), lr=args.learning_rate, eps=args.adam_epsilon
+    )
+    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    epochs = math.ceil(max_steps / steps_per_epoch)
+    # The schedule counts optimizer steps; optimizer.step() comes before scheduler.step() below.
+    scheduler = get_linear_schedule_with_warmup(optimizer, args.warmup_steps, max_steps)
+    model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
+    for obj in checkpoint_objects:
+        accelerator.register_for_checkpointing(obj)
+
+    step = _resume_step(accelerator, args)
+    batches_done = step * args.gradient_accumulation_steps
+    start_epoch, skip_batches = divmod(batches_done, len(train_dataloader))
+    progress = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
+    history: list[dict] = []
+    best_metrics, best_dir, last_loss = None, None, None
+    log_file = Path(args.output_dir) / "train_log.jsonl"
+
+    def run_eval() -> None:
+        nonlocal best_metrics, best_dir
+        if evaluate is None:
+            return
+        model.eval()
+        metrics = evaluate(model)
+        model.train()
+        record = {"step": step, **{f"eval/{k}": v for k, v in metrics.items()}}
+        history.append(record)
+        accelerator.log(record, step=step)
+        accelerator.print(f"step {step}: {metrics}")
+        key = args.metric_for_best
+        if key is None or key not in metrics:
+            return
+        better = best_metrics is None or (
+            metrics[key] > best_metrics[key] if args.greater_is_better else metrics[key] < best_metrics[key]
+        )
+        if better:
+            best_metrics = dict(metrics)
+            best_dir = Path(args.output_dir) / "best"
+            accelerator.wait_for_everyone()
+            save_model(accelerator, model, best_dir)
+
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        if hasattr(train_dataloader, "set_epoch"):
+            train_dataloader.set_epoch(epoch)
+        batches = train_dataloader
+        if epoch == start_epoch and skip_batches:
+            batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = compute_loss(model, batch, step)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+            last_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
+            record = {"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0]}
+            history.append(record)
+            if accelerator.is_main_process:
+                with log_file.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            if step % args.logging_steps == 0 or step == max_steps:
+                accelerator.log({"train/loss": last_loss, "train/lr": record["lr"]}, step=step)
+                progress.set_postfix(loss=f"{last_loss:.4f}")
+            if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+                _save_state(accelerator, args, step)
+            if args.eval_steps and step % args.eval_steps == 0 and step != max_steps:
+                run_eval()
+            if step >= max_steps:
+                break
+        if step >= max_steps:
+            break
+    progress.close()
+    run_eval()
+    return model, TrainResult(step, last_loss, best_metrics, best_dir, history)
+
+
+# ---------------------------------------------------------------------------------------- export
+
+
+def save_model(accelerator, model: torch.nn.Module, out_dir: str | os.PathLike, processor=None) -> Path:
+    """Saves the unwrapped model (+ processor) as a folder that loads with `trust_remote_code=True`.
+
+    Gathers the full state dict first, so it also works under DeepSpeed ZeRO-3 and FSDP.
+    """
+    out = Path(out_dir)
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.config.auto_map = auto_map_for(type(unwrapped).__name__)
+    unwrapped.config.architectures = [type(unwrapped).__name__]
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped.save_pretrained(
+        out, is_main_process=accelerator.is_main_process, save_function=accelerator.save, state_dict=state_dict
+    )
+    if accelerator.is_main_process:
+        copy_remote_code(out)
+        if processor is not None:
+            processor.save_pretrained(out)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def export(
+    accelerator,
+    model: torch.nn.Module,
+    args: RecipeArguments,
+    task: str,
+    processor=None,
+    results: dict[str, float] | None = None,
+    dataset_id: str | None = None,
+    dataset_name: str | None = None,
+) -> Path:
+    """Final export: model + processor + code + model card in `output_dir/final`; pushed if asked."""
+    out = save_model(accelerator, model, Path(args.output_dir) / "final", processor=processor)
+    if accelerator.is_main_process:
+        config = accelerator.unwrap_model(model).config
+        repo_id = args.hub_model_id or f"local/{Path(args.output_dir).name}"
+        card = build_model_card(
+            repo_id,
+            task,
+            results=results,
+            dataset_id=dataset_id,
+            dataset_name=dataset_name,
+            base_model=args.model_name_or_path,
+            training={
+                "learning_rate": args.learning_rate,
+                "per_device_train_batch_size": args.per_device_train_batch_size,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                "num_processes": accelerator.num_processes,
+                "max_train_steps": args.max_train_steps,
+                "num_train_epochs": args.num_train_epochs,
+                "weight_decay": args.weight_decay,
+                "warmup_steps": args.warmup_steps,
+                "mixed_precision": args.mixed_precision,
+            },
+            img_feature_dim=config.img_feature_dim,
+            max_img_seq_length=config.max_img_seq_length,
+        )
+        card.save(out / "README.md")
+        (out / "all_results.json").write_text(json.dumps(results or {}, indent=2), encoding="utf-8")
+        if args.push_to_hub:
+            url = push_folder(out, args.hub_model_id, token=args.hub_token, private=args.hub_private)
+            accelerator.print(f"Pushed to {url}")
+    accelerator.wait_for_everyone()
+    return out
+
+
+__all__ = [
+    "GeneratorState",
+    "RecipeArguments",
+    "TrainResult",
+    "export",
+    "latest_checkpoint",
+    "load_model",
+    "make_accelerator",
+    "optimizer_groups",
+    "parse_recipe_args",
+    "save_model",
+    "save_resolved_args",
+    "train",
+]
