@@ -41,7 +41,10 @@ setup(
     package_dir={"oscar_hf": "modeling_oscar", "oscar_hf.processors": "processors", "oscar_hf.data": "recipes/data"},
     # evaluate modules are loaded by file path, so they ship as plain files (found by oscar_hf.evaluation.metric_path).
     data_files=[
-        (f"share/oscar-hf/metrics/{folder.name}", sorted(str(f) for f in folder.iterdir() if f.suffix in (".py", ".md")))
+        (
+            f"share/oscar-hf/metrics/{folder.name}",
+            sorted(str(f) for f in folder.iterdir() if f.suffix in (".py", ".md")),
+        )
         for folder in sorted(Path("metrics").iterdir())
         if folder.is_dir() and (folder / f"{folder.name}.py").is_file()
     ],

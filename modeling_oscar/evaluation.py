@@ -26,6 +26,7 @@ import math
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,7 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,6 @@ def metric_path(name: str) -> Path:
     # Source checkout: this file is <repo>/modeling_oscar/evaluation.py next to <repo>/setup.py.
     if (here.parent / "setup.py").is_file():
         candidates.append(here.parent / "metrics")
-    import site
-
     prefixes = [sys.prefix, sys.exec_prefix, getattr(site, "USER_BASE", None), sys.base_prefix]
     candidates += [Path(p) / "share" / "oscar-hf" / "metrics" for p in prefixes if p]
     for root in candidates:
@@ -155,7 +154,7 @@ def _pycocoevalcap_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _java_version(java: str) -> str | None:
     try:
         result = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
@@ -476,7 +475,12 @@ class CiderDocumentFrequencies:
                 "expected one written by CiderDocumentFrequencies.save."
             )
         counts = {tuple(k.split(" ")): float(v) for k, v in payload["document_frequency"].items()}
-        return cls(counts=counts, num_documents=int(payload["num_documents"]), n=int(payload["n"]), metadata=payload["metadata"])
+        return cls(
+            counts=counts,
+            num_documents=int(payload["num_documents"]),
+            n=int(payload["n"]),
+            metadata=payload["metadata"],
+        )
 
 
 class CiderD:
@@ -514,7 +518,9 @@ class CiderD:
                 length += tf
         return vec, [np.sqrt(x) for x in norm], length
 
-    def compute_score(self, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[float, np.ndarray]:
+    def compute_score(
+        self, predictions: Sequence[str], references: Sequence[Sequence[str]]
+    ) -> tuple[float, np.ndarray]:
         """Mean and per-image CIDEr-D of tokenised `predictions` against tokenised `references`."""
         if len(predictions) != len(references):
             raise ValueError(
@@ -565,7 +571,9 @@ def _check_references(references: Sequence[Sequence[str]], name: str) -> None:
                 f"{name}[{i}] is {type(refs).__name__}, expected a list of reference captions; wrap a single one as [caption]."
             )
         if len(refs) == 0:
-            raise ValueError(f"{name}[{i}] is empty; every image needs at least one reference caption (drop the image).")
+            raise ValueError(
+                f"{name}[{i}] is empty; every image needs at least one reference caption (drop the image)."
+            )
         for j, ref in enumerate(refs):
             if not isinstance(ref, str):
                 raise ValueError(f"{name}[{i}][{j}] is {type(ref).__name__}, expected str.")
@@ -664,8 +672,20 @@ def coco_caption_scores(
     elif backend == "official" and not status.official_available:
         raise RuntimeError(f"backend='official' cannot run: {status.problem}.")
     if spice and (backend != "official" or not status.spice_models):
-        raise RuntimeError(SPICE_MISSING if backend == "official" else f"SPICE needs the official backend: {status.problem}.")
+        raise RuntimeError(
+            SPICE_MISSING if backend == "official" else f"SPICE needs the official backend: {status.problem}."
+        )
     run_spice = backend == "official" and status.spice_models and spice is not False
+    if cider_document_frequencies is not None:
+        counted_with = cider_document_frequencies.metadata.get("tokenizer")
+        expected = "ptb" if backend == "official" else "python"
+        if counted_with not in (None, expected):
+            # n-grams counted on other tokens silently lose their idf; say so instead of skewing CIDEr-D.
+            warnings.warn(
+                f"CIDEr-D document frequencies were counted on {counted_with!r} tokens but the {backend!r} backend "
+                f"tokenises with {expected!r}; rebuild them with tokenizer={expected!r}.",
+                stacklevel=2,
+            )
 
     if backend == "python":
         preds_tok = [simple_tokenize(p) for p in predictions]
@@ -711,33 +731,128 @@ def coco_caption_scores(
 # ----------------------------------------------------------------------------------------------
 
 # The official VQA evaluation's tables (vqaEval.py of the VQA API), including its quirks.
-_CONTRACTIONS = dict(
-    pair.split(":")
-    for pair in (
-        "aint:ain't arent:aren't cant:can't couldve:could've couldnt:couldn't couldn'tve:couldn't've "
-        "couldnt've:couldn't've didnt:didn't doesnt:doesn't dont:don't hadnt:hadn't hadnt've:hadn't've "
-        "hadn'tve:hadn't've hasnt:hasn't havent:haven't hed:he'd hed've:he'd've he'dve:he'd've hes:he's "
-        "howd:how'd howll:how'll hows:how's Id've:I'd've I'dve:I'd've Im:I'm Ive:I've isnt:isn't itd:it'd "
-        "itd've:it'd've it'dve:it'd've itll:it'll let's:let's maam:ma'am mightnt:mightn't "
-        "mightnt've:mightn't've mightn'tve:mightn't've mightve:might've mustnt:mustn't mustve:must've "
-        "neednt:needn't notve:not've oclock:o'clock oughtnt:oughtn't ow's'at:'ow's'at 'ows'at:'ow's'at "
-        "'ow'sat:'ow's'at shant:shan't shed've:she'd've she'dve:she'd've she's:she's shouldve:should've "
-        "shouldnt:shouldn't shouldnt've:shouldn't've shouldn'tve:shouldn't've somebody'd:somebodyd "
-        "somebodyd've:somebody'd've somebody'dve:somebody'd've somebodyll:somebody'll somebodys:somebody's "
-        "someoned:someone'd someoned've:someone'd've someone'dve:someone'd've someonell:someone'll "
-        "someones:someone's somethingd:something'd somethingd've:something'd've "
-        "something'dve:something'd've somethingll:something'll thats:that's thered:there'd "
-        "thered've:there'd've there'dve:there'd've therere:there're theres:there's theyd:they'd "
-        "theyd've:they'd've they'dve:they'd've theyll:they'll theyre:they're theyve:they've twas:'twas "
-        "wasnt:wasn't wed've:we'd've we'dve:we'd've weve:we've werent:weren't whatll:what'll whatre:what're "
-        "whats:what's whatve:what've whens:when's whered:where'd wheres:where's whereve:where've whod:who'd "
-        "whod've:who'd've who'dve:who'd've wholl:who'll whos:who's whove:who've whyll:why'll whyre:why're "
-        "whys:why's wont:won't wouldve:would've wouldnt:wouldn't wouldnt've:wouldn't've "
-        "wouldn'tve:wouldn't've yall:y'all yall'll:y'all'll y'allll:y'all'll yall'd've:y'all'd've "
-        "y'alld've:y'all'd've y'all'dve:y'all'd've youd:you'd youd've:you'd've you'dve:you'd've "
-        "youll:you'll youre:you're youve:you've"
-    ).split()
-)
+_CONTRACTIONS = {
+    "aint": "ain't",
+    "arent": "aren't",
+    "cant": "can't",
+    "couldve": "could've",
+    "couldnt": "couldn't",
+    "couldn'tve": "couldn't've",
+    "couldnt've": "couldn't've",
+    "didnt": "didn't",
+    "doesnt": "doesn't",
+    "dont": "don't",
+    "hadnt": "hadn't",
+    "hadnt've": "hadn't've",
+    "hadn'tve": "hadn't've",
+    "hasnt": "hasn't",
+    "havent": "haven't",
+    "hed": "he'd",
+    "hed've": "he'd've",
+    "he'dve": "he'd've",
+    "hes": "he's",
+    "howd": "how'd",
+    "howll": "how'll",
+    "hows": "how's",
+    "Id've": "I'd've",
+    "I'dve": "I'd've",
+    "Im": "I'm",
+    "Ive": "I've",
+    "isnt": "isn't",
+    "itd": "it'd",
+    "itd've": "it'd've",
+    "it'dve": "it'd've",
+    "itll": "it'll",
+    "let's": "let's",
+    "maam": "ma'am",
+    "mightnt": "mightn't",
+    "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've",
+    "mightve": "might've",
+    "mustnt": "mustn't",
+    "mustve": "must've",
+    "neednt": "needn't",
+    "notve": "not've",
+    "oclock": "o'clock",
+    "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at",
+    "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at",
+    "shant": "shan't",
+    "shed've": "she'd've",
+    "she'dve": "she'd've",
+    "she's": "she's",
+    "shouldve": "should've",
+    "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've",
+    "shouldn'tve": "shouldn't've",
+    "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've",
+    "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll",
+    "somebodys": "somebody's",
+    "someoned": "someone'd",
+    "someoned've": "someone'd've",
+    "someone'dve": "someone'd've",
+    "someonell": "someone'll",
+    "someones": "someone's",
+    "somethingd": "something'd",
+    "somethingd've": "something'd've",
+    "something'dve": "something'd've",
+    "somethingll": "something'll",
+    "thats": "that's",
+    "thered": "there'd",
+    "thered've": "there'd've",
+    "there'dve": "there'd've",
+    "therere": "there're",
+    "theres": "there's",
+    "theyd": "they'd",
+    "theyd've": "they'd've",
+    "they'dve": "they'd've",
+    "theyll": "they'll",
+    "theyre": "they're",
+    "theyve": "they've",
+    "twas": "'twas",
+    "wasnt": "wasn't",
+    "wed've": "we'd've",
+    "we'dve": "we'd've",
+    "weve": "we've",
+    "werent": "weren't",
+    "whatll": "what'll",
+    "whatre": "what're",
+    "whats": "what's",
+    "whatve": "what've",
+    "whens": "when's",
+    "whered": "where'd",
+    "wheres": "where's",
+    "whereve": "where've",
+    "whod": "who'd",
+    "whod've": "who'd've",
+    "who'dve": "who'd've",
+    "wholl": "who'll",
+    "whos": "who's",
+    "whove": "who've",
+    "whyll": "why'll",
+    "whyre": "why're",
+    "whys": "why's",
+    "wont": "won't",
+    "wouldve": "would've",
+    "wouldnt": "wouldn't",
+    "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've",
+    "yall": "y'all",
+    "yall'll": "y'all'll",
+    "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've",
+    "y'alld've": "y'all'd've",
+    "y'all'dve": "y'all'd've",
+    "youd": "you'd",
+    "youd've": "you'd've",
+    "you'dve": "you'd've",
+    "youll": "you'll",
+    "youre": "you're",
+    "youve": "you've",
+}
 _NUMBER_WORDS = {
     "none": "0",
     "zero": "0",
@@ -974,7 +1089,10 @@ def retrieval_recall(
         texts = np.flatnonzero((mapping >= lo) & (mapping < hi))
         i2t, t2i = retrieval_ranks(matrix[lo:hi][:, texts], mapping[texts] - lo, ties=ties)
         per_fold.append(
-            {**{f"i2t_R@{k}": float(np.mean(i2t < k)) for k in ks}, **{f"t2i_R@{k}": float(np.mean(t2i < k)) for k in ks}}
+            {
+                **{f"i2t_R@{k}": float(np.mean(i2t < k)) for k in ks},
+                **{f"t2i_R@{k}": float(np.mean(t2i < k)) for k in ks},
+            }
         )
     results = {key: float(np.mean([fold[key] for fold in per_fold])) for key in per_fold[0]}
     results["rsum"] = float(sum(results.values()))
@@ -1019,7 +1137,9 @@ def nlvr2_accuracy(
         {'accuracy': 0.75, 'consistency': 0.5}
     """
     if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} labels; pass one label per prediction.")
+        raise ValueError(
+            f"{len(predictions)} predictions but {len(references)} labels; pass one label per prediction."
+        )
     if not predictions:
         raise ValueError("No predictions to score; pass at least one example.")
     correct = [bool(p == r) for p, r in zip(predictions, references)]
@@ -1030,7 +1150,9 @@ def nlvr2_accuracy(
         groups = [nlvr2_sentence_id(i) for i in identifiers]
     if groups is not None:
         if len(groups) != len(predictions):
-            raise ValueError(f"{len(groups)} identifiers/groups for {len(predictions)} predictions; pass one per example.")
+            raise ValueError(
+                f"{len(groups)} identifiers/groups for {len(predictions)} predictions; pass one per example."
+            )
         by_sentence: dict[Any, bool] = {}
         for group, ok in zip(groups, correct):
             by_sentence[group] = by_sentence.get(group, True) and ok

@@ -41,8 +41,46 @@ JAVA = java_status()
 def random_caption_sets(seed: int, count: int) -> list[tuple[list[str], list[list[str]]]]:
     """Deterministic (predictions, references) sets with shared words, so n-grams overlap."""
     rng = random.Random(seed)
-    words = "a an the man woman dog cat two three red blue big small is are on in of with near sitting running".split()
-    words += "grass table street beach horse bike plate pizza sofa water tree people child ball kite sky".split()
+    words = [
+        "a",
+        "an",
+        "the",
+        "man",
+        "woman",
+        "dog",
+        "cat",
+        "two",
+        "three",
+        "red",
+        "blue",
+        "big",
+        "small",
+        "is",
+        "are",
+        "on",
+        "in",
+        "of",
+        "with",
+        "near",
+        "sitting",
+        "running",
+        "grass",
+        "table",
+        "street",
+        "beach",
+        "horse",
+        "bike",
+        "plate",
+        "pizza",
+        "sofa",
+        "water",
+        "tree",
+        "people",
+        "child",
+        "ball",
+        "kite",
+        "sky",
+    ]
     marks = [",", ".", "!", "?", ";", "'s", "-"]
 
     def sentence() -> str:
@@ -146,7 +184,15 @@ def test_retrieval_worst():
     # 12 images, 1 caption each, every correct pair scores lowest: i2t and t2i ranks are 11.
     scores = 1.0 - np.eye(12)
     result = retrieval_recall(scores, captions_per_image=1)
-    assert result == {"i2t_R@1": 0.0, "i2t_R@5": 0.0, "i2t_R@10": 0.0, "t2i_R@1": 0.0, "t2i_R@5": 0.0, "t2i_R@10": 0.0, "rsum": 0.0}
+    assert result == {
+        "i2t_R@1": 0.0,
+        "i2t_R@5": 0.0,
+        "i2t_R@10": 0.0,
+        "t2i_R@1": 0.0,
+        "t2i_R@5": 0.0,
+        "t2i_R@10": 0.0,
+        "rsum": 0.0,
+    }
     # With 10 images the rank is 9, inside the top 10.
     assert retrieval_recall(1.0 - np.eye(10), captions_per_image=1)["i2t_R@10"] == 1.0
 
@@ -155,7 +201,15 @@ def test_retrieval_ties():
     scores = np.zeros((3, 6))  # 3 images x 2 captions, everything tied
     pessimistic = retrieval_recall(scores, captions_per_image=2, ks=(1, 3, 5))
     # i2t: the 4 wrong captions rank first (rank 4); t2i: the 2 wrong images rank first (rank 2).
-    assert pessimistic == {"i2t_R@1": 0.0, "i2t_R@3": 0.0, "i2t_R@5": 1.0, "t2i_R@1": 0.0, "t2i_R@3": 1.0, "t2i_R@5": 1.0, "rsum": 3.0}
+    assert pessimistic == {
+        "i2t_R@1": 0.0,
+        "i2t_R@3": 0.0,
+        "i2t_R@5": 1.0,
+        "t2i_R@1": 0.0,
+        "t2i_R@3": 1.0,
+        "t2i_R@5": 1.0,
+        "rsum": 3.0,
+    }
     optimistic = retrieval_recall(scores, captions_per_image=2, ks=(1,), ties="optimistic")
     assert optimistic["i2t_R@1"] == optimistic["t2i_R@1"] == 1.0
     # A tie between the two correct captions never matters; a tie with one wrong caption does.
@@ -258,7 +312,7 @@ def test_python_scorers_equal_pycocoevalcap_on_same_tokens():
     for preds, refs in sets:
         preds = [simple_tokenize(p) for p in preds]
         refs = [[simple_tokenize(r) for r in rs] for rs in refs]
-        gts = {i: r for i, r in enumerate(refs)}
+        gts = dict(enumerate(refs))
         res = {i: [p] for i, p in enumerate(preds)}
         expected = Bleu(4).compute_score(gts, res, verbose=0)[0]
         expected += [Rouge().compute_score(gts, res)[0], Cider().compute_score(gts, res)[0]]
