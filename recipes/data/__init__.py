@@ -1,0 +1,49 @@
+"""Oscar / VinVL datasets: readers for the original files and builders of Parquet `datasets`.
+
+Command line: ``python -m oscar_hf.data build <task> ...`` (see ``docs/data.md``).
+"""
+
+from .annotations import read_captions, read_corpus_yaml, read_gqa, read_karpathy, read_nlvr2, read_vqa
+from .answers import load_vocabulary, normalize_answer, soft_score
+from .builders import (
+    CaptionBuilder,
+    GQABuilder,
+    NLVR2Builder,
+    PretrainCorpusBuilder,
+    RetrievalBuilder,
+    VQABuilder,
+)
+from .errors import BadRowError, RowErrorPolicy
+from .regions import ParquetRegionSource, RegionRecord, RegionSource, TsvRegionSource, box_geometry
+from .tsv import TsvFile, write_lineidx
+from .writer import BuildSummary, build_dataset
+
+
+__all__ = [
+    "BadRowError",
+    "BuildSummary",
+    "CaptionBuilder",
+    "GQABuilder",
+    "NLVR2Builder",
+    "ParquetRegionSource",
+    "PretrainCorpusBuilder",
+    "RegionRecord",
+    "RegionSource",
+    "RetrievalBuilder",
+    "RowErrorPolicy",
+    "TsvFile",
+    "TsvRegionSource",
+    "VQABuilder",
+    "box_geometry",
+    "build_dataset",
+    "load_vocabulary",
+    "normalize_answer",
+    "read_captions",
+    "read_corpus_yaml",
+    "read_gqa",
+    "read_karpathy",
+    "read_nlvr2",
+    "read_vqa",
+    "soft_score",
+    "write_lineidx",
+]

@@ -1,0 +1,271 @@
+"""Sharded, resumable, multi-process writing of a task builder's rows to Parquet.
+
+Layout of an output folder (what `push_to_hub` writes, so it loads the same locally and from the Hub)::
+
+    OUT/README.md                                   dataset card with the `configs:` split mapping
+    OUT/data/{split}-{i:05d}-of-{n:05d}.parquet     shards, each written by `Dataset.from_generator`
+    OUT/.build/plan.json                            what was planned (checked again when resuming)
+    OUT/.build/{split}-{i:05d}.json                 rows and skipped bad rows of a finished shard
+
+A shard counts as done when its Parquet file and its state file both exist; shards are written to a
+temporary name and renamed, so an interrupted run leaves no half shard and a rerun continues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import datasets
+from datasets import Dataset, Features
+from tqdm.auto import tqdm
+
+from .errors import RowErrorPolicy
+
+
+logger = logging.getLogger("oscar_hf.data")
+
+
+class TaskBuilder(Protocol):
+    """What the writer needs from a task: a schema, a plan of input units per split, and rows."""
+
+    name: str
+
+    def features(self) -> Features: ...
+
+    def plan(self) -> dict[str, Sequence]: ...
+
+    def rows(self, units: Sequence, policy: RowErrorPolicy) -> Iterator[dict]: ...
+
+    def describe(self) -> dict: ...
+
+
+@dataclass
+class Shard:
+    split: str
+    index: int
+    count: int
+    units: Sequence
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:05d}-of-{self.count:05d}"
+
+
+@dataclass
+class BuildSummary:
+    """Rows written per split and bad rows skipped, by kind (also in `OUT/.build/summary.json`)."""
+
+    out: Path
+    rows: dict[str, int] = field(default_factory=dict)
+    bad_rows: dict[str, int] = field(default_factory=dict)
+    bad_examples: list[str] = field(default_factory=list)
+    shards_written: int = 0
+    shards_resumed: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "rows": self.rows,
+            "bad_rows": self.bad_rows,
+            "bad_examples": self.bad_examples,
+            "shards_written": self.shards_written,
+            "shards_resumed": self.shards_resumed,
+        }
+
+
+def plan_shards(plan: dict[str, Sequence], units_per_shard: int) -> list[Shard]:
+    """Cut each split's units into contiguous shards (slicing a `range` stays lazy)."""
+    if units_per_shard < 1:
+        raise ValueError(f"rows per shard must be >= 1, got {units_per_shard}.")
+    shards = []
+    for split, units in plan.items():
+        count = max(1, -(-len(units) // units_per_shard)) if len(units) else 0
+        for index in range(count):
+            shards.append(Shard(split, index, count, units[index * units_per_shard : (index + 1) * units_per_shard]))
+    return shards
+
+
+# The shard generator reads its builder and policy from here: `Dataset.from_generator` hashes its
+# gen_kwargs, and hashing a builder that holds TSV indexes of millions of rows would be slow.
+_ACTIVE: dict[str, Any] = {}
+
+
+def _shard_generator(shard_name: str) -> Iterator[dict]:
+    yield from _ACTIVE["builder"].rows(_ACTIVE["units"], _ACTIVE["policy"])
+
+
+def _empty_dataset(features: Features) -> Dataset:
+    return Dataset.from_dict({name: [] for name in features}, features=features)
+
+
+def build_shard(builder: TaskBuilder, shard: Shard, out: Path, skip_bad_rows: bool) -> dict:
+    """Write one shard (atomically) and its state file; returns the state."""
+    policy = RowErrorPolicy(skip_bad_rows=skip_bad_rows)
+    features = builder.features()
+    data_dir = out / "data"
+    cache = Path(tempfile.mkdtemp(prefix=f".cache-{shard.name}-", dir=out / ".build"))
+    _ACTIVE.update(builder=builder, policy=policy, units=shard.units)
+    try:
+        try:
+            dataset = Dataset.from_generator(
+                _shard_generator, features=features, gen_kwargs={"shard_name": shard.name}, cache_dir=str(cache)
+            )
+        except datasets.exceptions.DatasetGenerationError as error:
+            # from_generator wraps the generator's exceptions; surface the original (it names file/line/id).
+            raise (error.__cause__ or error) from None
+        except ValueError as error:
+            if "empty" not in str(error).lower() and "no data" not in str(error).lower():
+                raise
+            dataset = _empty_dataset(features)  # every row of this shard was bad and skipped
+        tmp = data_dir / f".{shard.name}.parquet.tmp"
+        dataset.to_parquet(str(tmp))
+        os.replace(tmp, data_dir / f"{shard.name}.parquet")
+    finally:
+        _ACTIVE.clear()
+        shutil.rmtree(cache, ignore_errors=True)
+    state = {"rows": dataset.num_rows, "bad_rows": dict(policy.counts), "bad_examples": policy.examples}
+    (out / ".build" / f"{shard.name}.json").write_text(json.dumps(state))
+    return state
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(builder: TaskBuilder) -> None:
+    _WORKER["builder"] = builder
+    datasets.disable_progress_bars()
+
+
+def _run_in_worker(shard: Shard, out: Path, skip_bad_rows: bool) -> tuple[Shard, dict]:
+    return shard, build_shard(_WORKER["builder"], shard, out, skip_bad_rows)
+
+
+def _plan_record(builder: TaskBuilder, shards: list[Shard], units_per_shard: int) -> dict:
+    splits = {}
+    for shard in shards:
+        splits.setdefault(shard.split, {"shards": shard.count, "units": 0})
+        splits[shard.split]["units"] += len(shard.units)
+    schema = hashlib.sha1(json.dumps(builder.features().to_dict(), sort_keys=True).encode()).hexdigest()
+    return {
+        "task": builder.name,
+        "inputs": builder.describe(),
+        "units_per_shard": units_per_shard,
+        "splits": splits,
+        "schema": schema,
+    }
+
+
+def _check_or_write_plan(out: Path, record: dict, overwrite: bool) -> None:
+    plan_file = out / ".build" / "plan.json"
+    if overwrite and out.exists():
+        shutil.rmtree(out / "data", ignore_errors=True)
+        shutil.rmtree(out / ".build", ignore_errors=True)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    (out / ".build").mkdir(parents=True, exist_ok=True)
+    if plan_file.is_file():
+        previous = json.loads(plan_file.read_text())
+        if previous != record:
+            raise ValueError(
+                f"{out} already holds a build with other inputs or options ({plan_file}). "
+                "Fix: pass --overwrite to rebuild it, or choose another --out."
+            )
+        return
+    plan_file.write_text(json.dumps(record, indent=2, sort_keys=True))
+
+
+def _is_done(out: Path, shard: Shard) -> bool:
+    return (out / "data" / f"{shard.name}.parquet").is_file() and (out / ".build" / f"{shard.name}.json").is_file()
+
+
+def write_dataset_card(out: Path, builder: TaskBuilder, splits: list[str]) -> None:
+    """README.md with the `configs:` mapping that `load_dataset(folder or repo)` reads."""
+    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
+    for split in splits:
+        lines += [f"  - split: {split}", f"    path: data/{split}-*.parquet"]
+    lines += ["---", "", f"# Oscar {builder.name} dataset", ""]
+    lines += ["Built by `python -m oscar_hf.data build` from these inputs:", "", "```json"]
+    lines += [json.dumps(builder.describe(), indent=2, sort_keys=True, default=str), "```", ""]
+    (out / "README.md").write_text("\n".join(lines))
+
+
+def build_dataset(
+    builder: TaskBuilder,
+    out: str | Path,
+    units_per_shard: int = 1000,
+    num_proc: int = 1,
+    skip_bad_rows: bool = False,
+    overwrite: bool = False,
+    node_rank: int = 0,
+    num_nodes: int = 1,
+    progress: bool = True,
+) -> BuildSummary:
+    """Build every split of `builder` into Parquet shards under `out`, resuming finished shards.
+
+    `node_rank`/`num_nodes` let several machines build disjoint shards of one corpus into a shared
+    folder (shard `i` belongs to node `i % num_nodes`).
+    """
+    if not 0 <= node_rank < num_nodes:
+        raise ValueError(f"node_rank must be in [0, {num_nodes}), got {node_rank}.")
+    out = Path(out)
+    shards = plan_shards(builder.plan(), units_per_shard)
+    _check_or_write_plan(out, _plan_record(builder, shards, units_per_shard), overwrite)
+    mine = [shard for position, shard in enumerate(shards) if position % num_nodes == node_rank]
+    summary = BuildSummary(out=out)
+    policy = RowErrorPolicy(skip_bad_rows=True)  # only aggregates the shards' counts
+    pending = []
+    for shard in mine:
+        if _is_done(out, shard):
+            _record(summary, policy, shard, json.loads((out / ".build" / f"{shard.name}.json").read_text()))
+            summary.shards_resumed += 1
+        else:
+            pending.append(shard)
+    if summary.shards_resumed:
+        logger.info("resuming %s: %d shards already built", out, summary.shards_resumed)
+    _run_pending(builder, pending, out, num_proc, skip_bad_rows, progress, summary, policy)
+    summary.bad_rows, summary.bad_examples = dict(policy.counts), policy.examples
+    write_dataset_card(out, builder, sorted({shard.split for shard in shards}))
+    (out / ".build" / f"summary-node{node_rank}.json").write_text(json.dumps(summary.to_json(), indent=2))
+    if policy.total:
+        logger.warning(
+            "%s: skipped %d bad rows %s (see .build/summary-*.json)", out, policy.total, dict(policy.counts)
+        )
+    return summary
+
+
+def _record(summary: BuildSummary, policy: RowErrorPolicy, shard: Shard, state: dict) -> None:
+    summary.rows[shard.split] = summary.rows.get(shard.split, 0) + state["rows"]
+    policy.merge(state["bad_rows"], state["bad_examples"])
+
+
+def _run_pending(builder, pending, out, num_proc, skip_bad_rows, progress, summary, policy) -> None:
+    total = sum(len(shard.units) for shard in pending)
+    bar = tqdm(total=total, unit="ex", desc=f"build {builder.name}", disable=not progress or not pending)
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # one bar for the whole build instead of two per shard
+    try:
+        if num_proc <= 1 or len(pending) <= 1:
+            for shard in pending:
+                _record(summary, policy, shard, build_shard(builder, shard, out, skip_bad_rows))
+                summary.shards_written += 1
+                bar.update(len(shard.units))
+            return
+        with ProcessPoolExecutor(max_workers=num_proc, initializer=_init_worker, initargs=(builder,)) as pool:
+            futures = [pool.submit(_run_in_worker, shard, out, skip_bad_rows) for shard in pending]
+            for future in as_completed(futures):
+                shard, state = future.result()
+                _record(summary, policy, shard, state)
+                summary.shards_written += 1
+                bar.update(len(shard.units))
+    finally:
+        bar.close()
+        if was_enabled:
+            datasets.enable_progress_bars()
