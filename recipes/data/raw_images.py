@@ -1,0 +1,196 @@
+"""The raw-images path: run a detector over an image folder and store its regions as a dataset.
+
+Any detector adapter fits if it is a callable with this contract (:class:`Detector`)::
+
+    detector(images: list[PIL.Image.Image]) -> list[dict]   # one dict per image, keys:
+        "boxes":    (N, 4) xyxy pixel boxes
+        "tags":     N class names (or "labels": N class names)
+        "scores":   N confidences
+        "features": (N, D) region vectors; D = feature_dim - 6 gets Oscar's 6 box dims appended
+
+The output is a `regions` dataset (`image_id`, features, boxes, size, tags, `file_name`), built by
+the same sharded, resumable writer as the task datasets; every task builder then reads it through
+:class:`~oscar_hf.data.regions.ParquetRegionSource` (`--regions` on the command line).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from datasets import Features
+
+from . import schema
+from .errors import BadRowError, RowErrorPolicy
+from .regions import BOX_DIMS, RegionRecord, box_geometry
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class Detector(Protocol):
+    """A batched detector: PIL images in, one `{boxes, tags|labels, scores, features}` dict per image out."""
+
+    def __call__(self, images: list) -> list[dict]: ...
+
+
+def load_detector(spec: str, kwargs: dict | None = None) -> Detector:
+    """`package.module:factory` -> `factory(**kwargs)`, the callable detector it returns."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"--detector must look like 'package.module:factory', got {spec!r}.")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"--detector {spec!r} cannot be imported ({error}). Fix: install the adapter's package.") from None
+    return factory(**(kwargs or {}))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under `folder` (recursively), in a stable order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist. Fix: check --images.")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def image_id_for(path: Path, root: Path, scheme: str = "stem") -> str:
+    """`stem`: relative path without suffix; `coco`: the trailing integer (COCO_val2014_000000000042 -> 42)."""
+    relative = path.relative_to(root).with_suffix("").as_posix()
+    if scheme == "stem":
+        return relative
+    if scheme == "coco":
+        tail = relative.rsplit("_", 1)[-1].rsplit("/", 1)[-1]
+        if not tail.isdigit():
+            raise ValueError(f"{path}: --image-id coco needs a file name ending in digits. Fix: use --image-id stem.")
+        return str(int(tail))
+    raise ValueError(f"image id scheme must be 'stem' or 'coco', got {scheme!r}.")
+
+
+def record_from_detection(image_id: str, detection: dict, width: int, height: int, feature_dim: int, where: str):
+    """Validate one detector output and turn it into a RegionRecord (appending the 6 box dims)."""
+    try:
+        boxes = np.asarray(detection["boxes"], dtype=np.float32).reshape(-1, 4)
+        features = np.asarray(detection["features"], dtype=np.float32)
+        scores = [float(s) for s in np.asarray(detection["scores"]).reshape(-1)]
+        tags = [str(t) for t in detection.get("tags", detection.get("labels", []))]
+    except (KeyError, TypeError, ValueError) as error:
+        raise BadRowError(
+            "detector", where, None, image_id, f"detector output lacks or mangles a key ({error!r}).", ""
+        ) from None
+    features = features.reshape(len(boxes), -1) if features.size or len(boxes) else features.reshape(0, feature_dim)
+    counts = {len(boxes), len(features), len(scores), len(tags)}
+    if len(counts) != 1:
+        raise BadRowError(
+            "detector",
+            where,
+            None,
+            image_id,
+            f"detector returned {len(boxes)} boxes, {len(features)} features, {len(scores)} scores, {len(tags)} tags.",
+            "the adapter must return one entry per kept region in every field.",
+        )
+    if features.shape[1] == feature_dim - BOX_DIMS:
+        features = np.concatenate([features, box_geometry(boxes, width, height)], axis=1)
+    if features.shape[1] != feature_dim:
+        raise BadRowError(
+            "detector",
+            where,
+            None,
+            image_id,
+            f"region features are {features.shape[1]}-d; expected {feature_dim} or {feature_dim - BOX_DIMS}.",
+            "pass --feature-dim matching the detector (its width + 6).",
+        )
+    return RegionRecord(image_id, features, boxes, width, height, tags, scores)
+
+
+class ImageRegionsBuilder:
+    """Writer-compatible builder of a `regions` dataset from image files and a detector."""
+
+    name = "regions"
+
+    def __init__(
+        self,
+        images: str | Path,
+        detector: Detector | None = None,
+        detector_spec: str | None = None,
+        detector_kwargs: dict | None = None,
+        batch_size: int = 8,
+        feature_dim: int = 2054,
+        image_id: str = "stem",
+    ) -> None:
+        if detector is None and detector_spec is None:
+            raise ValueError("pass a detector callable or --detector 'package.module:factory'.")
+        self.root = Path(images)
+        self.paths = list_images(self.root)
+        self._detector = detector
+        self.detector_spec, self.detector_kwargs = detector_spec, detector_kwargs or {}
+        self.batch_size, self.feature_dim, self.image_id_scheme = batch_size, feature_dim, image_id
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.detector_spec is not None:
+            state["_detector"] = None  # worker processes load their own copy (e.g. onto their GPU)
+        return state
+
+    @property
+    def detector(self) -> Detector:
+        if self._detector is None:
+            self._detector = load_detector(self.detector_spec, self.detector_kwargs)
+        return self._detector
+
+    def features(self) -> Features:
+        return schema.regions_schema(self.feature_dim)
+
+    def describe(self) -> dict:
+        detector = self.detector_spec or type(self._detector).__name__
+        return {
+            "images": str(self.root),
+            "num_images": len(self.paths),
+            "detector": detector,
+            "detector_kwargs": json.dumps(self.detector_kwargs, sort_keys=True),
+            "feature_dim": self.feature_dim,
+            "image_id": self.image_id_scheme,
+        }
+
+    def plan(self) -> dict[str, Sequence]:
+        return {"train": self.paths}
+
+    def rows(self, units: Sequence[Path], policy: RowErrorPolicy) -> Iterator[dict]:
+        for start in range(0, len(units), self.batch_size):
+            yield from self._batch_rows(units[start : start + self.batch_size], policy)
+
+    def _batch_rows(self, paths: Sequence[Path], policy: RowErrorPolicy) -> Iterator[dict]:
+        loaded = []
+        for path in paths:
+            try:
+                loaded.append((path, self._open(path)))
+            except BadRowError as error:
+                policy.handle(error)
+        if not loaded:
+            return
+        detections = self.detector([image for _, image in loaded])
+        if len(detections) != len(loaded):
+            raise ValueError(f"the detector returned {len(detections)} results for {len(loaded)} images.")
+        for (path, image), detection in zip(loaded, detections):
+            try:
+                image_id = image_id_for(path, self.root, self.image_id_scheme)
+                record = record_from_detection(image_id, detection, *image.size, self.feature_dim, str(path))
+                yield {**record.as_columns(), "file_name": path.relative_to(self.root).as_posix()}
+            except BadRowError as error:
+                policy.handle(error)
+
+    @staticmethod
+    def _open(path: Path):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, UnidentifiedImageError) as error:
+            raise BadRowError(
+                "image", path, None, path.stem, f"cannot read the image ({error}).", "remove or re-encode the file."
+            ) from None
