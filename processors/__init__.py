@@ -1,0 +1,34 @@
+"""Processing for Oscar / Oscar+ (VinVL): region features, tag-text layouts, collators, detectors.
+
+`OscarProcessor` and `OscarRegionFeatureProcessor` are also flat remote-code files
+(`processing_oscar.py`, `image_processing_oscar.py`) that exported folders carry.
+"""
+
+from transformers import AutoImageProcessor, AutoProcessor
+
+from oscar_hf.configuration_oscar import OscarConfig
+
+from .collators import OscarCaptioningCollator, OscarPretrainingCollator
+from .image_processing_oscar import BOX_FEATURE_DIM, OscarRegionFeatureProcessor, box_geometry
+from .processing_oscar import OscarProcessor, join_tags, seq2seq_attention_mask, truncate_pair
+
+
+# save_pretrained then writes `auto_map` and copies the two flat files, so a saved processor loads
+# with AutoProcessor.from_pretrained(folder, trust_remote_code=True) where this package is absent.
+OscarRegionFeatureProcessor.register_for_auto_class("AutoImageProcessor")
+OscarProcessor.register_for_auto_class("AutoProcessor")
+# Local Auto registration: with the package installed, saved folders load without trust_remote_code.
+AutoImageProcessor.register(OscarConfig, slow_image_processor_class=OscarRegionFeatureProcessor, exist_ok=True)
+AutoProcessor.register(OscarConfig, OscarProcessor, exist_ok=True)
+
+__all__ = [
+    "BOX_FEATURE_DIM",
+    "OscarCaptioningCollator",
+    "OscarPretrainingCollator",
+    "OscarProcessor",
+    "OscarRegionFeatureProcessor",
+    "box_geometry",
+    "join_tags",
+    "seq2seq_attention_mask",
+    "truncate_pair",
+]

@@ -1,0 +1,553 @@
+"""`OscarProcessor`: text, object tags and regions -> Oscar model inputs, for every task.
+
+The layouts are those of the original tensorizers (microsoft/Oscar):
+
+- classification, VQA, GQA, retrieval, pre-training: `[CLS] text [SEP] tags [SEP] [PAD]...`, token
+  type 0 for `[CLS]` + text + `[SEP]`, 1 for the tags and their `[SEP]`, 0 for padding; text and
+  tags truncated together by popping from the longer one (ties pop the tags);
+- NLVR2: the same per (sentence, image) pair, stacked into a choice dimension;
+- captioning training: a caption slot of `max_caption_length` tokens (`[CLS] caption [SEP] [PAD]...`),
+  then `tags [SEP]`, then padding; the 3-D seq2seq attention mask over text + regions;
+- caption generation: the `[CLS]` prompt plus `tag_input_ids` for `OscarForImageCaptioning.generate`,
+  or the original's full decode layout (`[CLS] [MASK]... [SEP] tags [SEP]`, 3-D mask, `masked_pos`).
+
+Masking (MLM, caption targets) and contrastive pollution are applied by the data collators in
+`oscar_hf.processors.collators`, which call this processor.
+
+This file is a flat remote-code file: it imports installed libraries and, relatively, only
+`image_processing_oscar.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+from .image_processing_oscar import OscarRegionFeatureProcessor
+
+
+TagsInput = str | Sequence[str] | None
+TEXT_PADDING = ("max_length", "longest")
+MASK_LAYOUTS = ("text", "full")
+
+
+def join_tags(tags: TagsInput) -> str:
+    """Object tags as Oscar reads them: class names joined by spaces, duplicates kept.
+
+    Example:
+        >>> join_tags(["giraffe", "giraffe", "tree"])
+        'giraffe giraffe tree'
+        >>> join_tags("dog couch")
+        'dog couch'
+    """
+    if tags is None:
+        return ""
+    if isinstance(tags, str):
+        return tags.strip()
+    if not all(isinstance(tag, str) for tag in tags):
+        raise ValueError(f"tags must be a string or a list of class-name strings, got {tags!r}.")
+    return " ".join(tag.strip() for tag in tags if tag.strip())
+
+
+def truncate_pair(tokens_a: list[int], tokens_b: list[int], max_total: int) -> tuple[list[int], list[int]]:
+    """The original `_truncate_seq_pair`: pop from the longer list until both fit; ties pop `tokens_b`.
+
+    Example:
+        >>> truncate_pair([1, 2, 3], [4, 5, 6], 4)
+        ([1, 2], [4, 5])
+    """
+    a, b = list(tokens_a), list(tokens_b)
+    while len(a) + len(b) > max_total:
+        if len(a) > len(b):
+            a.pop()
+        else:
+            b.pop()
+    return a, b
+
+
+def seq2seq_attention_mask(
+    caption_length: int,
+    caption_slot: int,
+    num_tags: int,
+    text_length: int,
+    num_regions: int,
+    region_slots: int,
+) -> torch.Tensor:
+    """The captioning mask of the original tensorizer, (text_length + region_slots) squared, int64.
+
+    Caption rows (`caption_length` real tokens from position 0) see earlier caption tokens, the tags
+    and the regions; tag rows (`num_tags` from `caption_slot`) and region rows (`num_regions` from
+    `text_length`) see tags and regions, never the caption. Padding rows and columns are 0.
+    """
+    total = text_length + region_slots
+    mask = torch.zeros(total, total, dtype=torch.long)
+    caption = slice(0, caption_length)
+    tags = slice(caption_slot, caption_slot + num_tags)
+    regions = slice(text_length, text_length + num_regions)
+    mask[caption, caption] = torch.tril(torch.ones(caption_length, caption_length, dtype=torch.long))
+    for rows in (caption, tags, regions):
+        mask[rows, tags] = 1
+        mask[rows, regions] = 1
+    return mask
+
+
+def _batch_size(text: Any) -> int | None:
+    if text is None:
+        return None
+    return 1 if isinstance(text, str) else len(text)
+
+
+class OscarProcessor(ProcessorMixin):
+    r"""Tokenizer + region processor with the original Oscar layouts of every task.
+
+    Args:
+        image_processor: an `OscarRegionFeatureProcessor` (region features -> `img_feats`).
+        tokenizer: a BERT WordPiece tokenizer (bert-base-uncased vocabulary for released checkpoints).
+        max_seq_length: text length of the classification-style layouts (VQA 128, GQA 165,
+            NLVR2 55, retrieval 70, pre-training 35).
+        max_caption_length: caption slot width in captioning (`max_seq_a_length`, 40); tags start at
+            this position.
+        max_tag_length: tag tokens plus their `[SEP]` after the caption slot (30).
+        text_padding: "max_length" pads to the fixed lengths (the original), "longest" to the
+            longest row of the batch (classification layouts and tag prompts).
+
+    Region inputs (every method): `regions=` a list of detector outputs (mappings with `features`,
+    `boxes`, `image_size` and optionally `tags`), or `region_features=` with `boxes=` and
+    `image_sizes=` (see `OscarRegionFeatureProcessor`), or nothing for text alone.
+
+    Example:
+        >>> from transformers import BertTokenizerFast
+        >>> processor = OscarProcessor(OscarRegionFeatureProcessor(max_img_seq_length=4), tokenizer, max_seq_length=16)  # doctest: +SKIP
+        >>> inputs = processor("what is the dog on?", tags=["dog", "couch"], region_features=[feats],
+        ...                    boxes=[boxes], image_sizes=[(480, 640)])  # doctest: +SKIP
+        >>> sorted(inputs)  # doctest: +SKIP
+        ['attention_mask', 'img_attention_mask', 'img_feats', 'input_ids', 'token_type_ids']
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+    image_processor_class = "AutoImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(
+        self,
+        image_processor: OscarRegionFeatureProcessor | None = None,
+        tokenizer: Any = None,
+        max_seq_length: int = 128,
+        max_caption_length: int = 40,
+        max_tag_length: int = 30,
+        text_padding: str = "max_length",
+        **kwargs: Any,
+    ) -> None:
+        if image_processor is None:
+            image_processor = OscarRegionFeatureProcessor()
+        if tokenizer is None:
+            raise ValueError("OscarProcessor needs a tokenizer (a BERT WordPiece tokenizer with [CLS]/[SEP]/[MASK]).")
+        if text_padding not in TEXT_PADDING:
+            raise ValueError(f"text_padding={text_padding!r}; expected one of {TEXT_PADDING}.")
+        for name in ("cls_token_id", "sep_token_id", "pad_token_id", "mask_token_id"):
+            if getattr(tokenizer, name, None) is None:
+                raise ValueError(
+                    f"The tokenizer has no {name}; Oscar needs a BERT-style tokenizer with [CLS], [SEP], "
+                    "[PAD] and [MASK]."
+                )
+        if max_caption_length < 2 or max_tag_length < 1:
+            raise ValueError(
+                f"max_caption_length={max_caption_length} and max_tag_length={max_tag_length}; the caption slot "
+                "needs room for [CLS] and [SEP] (>= 2) and the tag slot for [SEP] (>= 1)."
+            )
+        self.max_seq_length = int(max_seq_length)
+        self.max_caption_length = int(max_caption_length)
+        self.max_tag_length = int(max_tag_length)
+        self.text_padding = text_padding
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "token_type_ids", "attention_mask", "img_feats", "img_attention_mask"]
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def _regions(
+        self,
+        batch: int,
+        regions: Sequence[Mapping[str, Any]] | None,
+        region_features: Any,
+        boxes: Any,
+        image_sizes: Any,
+        **region_kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        """`img_feats` / `img_attention_mask` for `batch` images, or {} when no regions are given."""
+        if regions is not None:
+            if region_features is not None:
+                raise ValueError("Pass regions (detector outputs) or region_features, not both.")
+            region_features = [r["features"] for r in regions]
+            boxes = [r.get("boxes") for r in regions]
+            image_sizes = [r.get("image_size") for r in regions]
+            if all(b is None for b in boxes):
+                boxes = image_sizes = None
+        if region_features is None:
+            return {}
+        out = self.image_processor(region_features, boxes=boxes, image_sizes=image_sizes, **region_kwargs)
+        if out["img_feats"].shape[0] != batch:
+            raise ValueError(
+                f"Got {out['img_feats'].shape[0]} region sets for {batch} texts; pass one region set per example."
+            )
+        return {"img_feats": out["img_feats"], "img_attention_mask": out["img_attention_mask"]}
+
+    @staticmethod
+    def _tags_list(tags: Any, batch: int, regions: Sequence[Mapping[str, Any]] | None) -> list[str]:
+        """One joined tag string per example. A list of strings with batch 1 is one image's class names."""
+        if tags is None and regions is not None:
+            tags = [r.get("tags", r.get("labels")) for r in regions]
+        if tags is None:
+            return [""] * batch
+        if isinstance(tags, str):
+            tags = [tags]
+        elif batch == 1 and len(tags) > 0 and all(isinstance(t, str) for t in tags) and len(tags) != 1:
+            tags = [list(tags)]
+        if len(tags) != batch:
+            raise ValueError(f"Got {len(tags)} tag entries for {batch} examples; pass one tag string (or list) each.")
+        return [join_tags(t) for t in tags]
+
+    @staticmethod
+    def _texts(text: Any, name: str, allow_empty: bool) -> list[str]:
+        texts = [text] if isinstance(text, str) else list(text)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise ValueError(f"{name}[{i}] is {type(t).__name__}; expected a string.")
+            if not allow_empty and not t.strip():
+                raise ValueError(
+                    f"{name}[{i}] is empty. Oscar reads the text before the tags; pass a non-empty {name}, "
+                    "or allow_empty_text=True for a tags-only example."
+                )
+        return texts
+
+    def _pad_rows(
+        self, rows: list[list[int]], types: list[list[int]], length: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = len(rows)
+        input_ids = torch.full((batch, length), self.tokenizer.pad_token_id, dtype=torch.long)
+        token_type_ids = torch.zeros(batch, length, dtype=torch.long)
+        attention_mask = torch.zeros(batch, length, dtype=torch.long)
+        for i, (row, row_types) in enumerate(zip(rows, types)):
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            token_type_ids[i, : len(row)] = torch.tensor(row_types, dtype=torch.long)
+            attention_mask[i, : len(row)] = 1
+        return input_ids, token_type_ids, attention_mask
+
+    @staticmethod
+    def _labels(labels: Any) -> torch.Tensor:
+        tensor = torch.as_tensor(labels)
+        # Integer class ids for CE; soft scores (VQA) stay float.
+        return tensor.long() if not tensor.is_floating_point() else tensor.float()
+
+    # -- classification / VQA / GQA / retrieval / pre-training -----------------------------------
+
+    def __call__(
+        self,
+        text: str | Sequence[str] | None = None,
+        tags: Any = None,
+        regions: Sequence[Mapping[str, Any]] | None = None,
+        region_features: Any = None,
+        boxes: Any = None,
+        image_sizes: Any = None,
+        labels: Any = None,
+        max_seq_length: int | None = None,
+        padding: str | None = None,
+        truncation: bool = True,
+        mask_layout: str = "text",
+        allow_empty_text: bool = False,
+        return_tensors: str = "pt",
+        **region_kwargs: Any,
+    ) -> BatchFeature:
+        """`[CLS] text [SEP] tags [SEP]` inputs of classification, VQA, GQA, retrieval and pre-training.
+
+        Args:
+            text: the question / caption / sentence (text_a), one string or a batch.
+            tags: object tags (text_b): per example a string or a list of class names (joined with
+                spaces, duplicates kept). For pre-training on QA data text_b is the answer.
+                Defaults to the `tags` of `regions`.
+            regions / region_features / boxes / image_sizes: the image side, see the class doc.
+            labels: class ids (batch,) or soft scores (batch, num_labels), passed through.
+            max_seq_length: overrides the processor's text length.
+            padding: "max_length" (original) or "longest".
+            truncation: truncate text and tags together ("longest first", ties cut the tags). With
+                False, a pair that does not fit raises a ValueError.
+            mask_layout: "text" returns `attention_mask` (batch, Lt) plus `img_attention_mask`
+                (the model concatenates them); "full" returns one (batch, Lt + R) mask and no
+                `img_attention_mask`, as the original tensorizers did.
+            allow_empty_text: accept an empty text (the layout becomes `[CLS] [SEP] tags [SEP]`).
+            return_tensors: only "pt" is supported.
+        """
+        if text is None:
+            raise ValueError("text is required for this layout; use caption_prompt() for caption generation.")
+        if return_tensors != "pt":
+            raise ValueError(f"return_tensors={return_tensors!r}; OscarProcessor returns PyTorch tensors ('pt').")
+        if mask_layout not in MASK_LAYOUTS:
+            raise ValueError(f"mask_layout={mask_layout!r}; expected one of {MASK_LAYOUTS}.")
+        texts = self._texts(text, "text", allow_empty_text)
+        batch = len(texts)
+        tag_strings = self._tags_list(tags, batch, regions)
+        length = int(max_seq_length or self.max_seq_length)
+        rows, types = self._pair_rows(self._tokenize(texts), self._tokenize(tag_strings), length, truncation)
+        padding = padding or self.text_padding
+        if padding not in TEXT_PADDING:
+            raise ValueError(f"padding={padding!r}; expected one of {TEXT_PADDING}.")
+        width = length if padding == "max_length" else max(len(r) for r in rows)
+        input_ids, token_type_ids, attention_mask = self._pad_rows(rows, types, width)
+        data = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+        data.update(self._regions(batch, regions, region_features, boxes, image_sizes, **region_kwargs))
+        if mask_layout == "full" and "img_attention_mask" in data:
+            data["attention_mask"] = torch.cat([attention_mask, data.pop("img_attention_mask")], dim=1)
+        if labels is not None:
+            data["labels"] = self._labels(labels)
+        return BatchFeature(data=data)
+
+    def _pair_rows(
+        self, tokens_a: list[list[int]], tokens_b: list[list[int]], length: int, truncation: bool
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        rows, types = [], []
+        for i, (a, b) in enumerate(zip(tokens_a, tokens_b)):
+            budget = length - (3 if b else 2)
+            if budget < 0:
+                raise ValueError(f"max_seq_length={length} leaves no room for [CLS] and [SEP]; raise it.")
+            if len(a) + len(b) > budget:
+                if not truncation:
+                    raise ValueError(
+                        f"Example {i}: {len(a)} text + {len(b)} tag tokens exceed max_seq_length={length} "
+                        f"(room for {budget} after special tokens). Pass truncation=True or raise max_seq_length."
+                    )
+                a, b = truncate_pair(a, b, budget)
+            row = [cls_id, *a, sep_id]
+            row_types = [0] * len(row)
+            if b:
+                row += [*b, sep_id]
+                row_types += [1] * (len(b) + 1)
+            rows.append(row)
+            types.append(row_types)
+        return rows, types
+
+    # -- NLVR2 -----------------------------------------------------------------------------------
+
+    def nlvr2(
+        self,
+        text: str | Sequence[str],
+        tags: Sequence[Sequence[Any]] | None = None,
+        regions: Sequence[Sequence[Mapping[str, Any]]] | None = None,
+        region_features: Sequence[Sequence[Any]] | None = None,
+        boxes: Sequence[Sequence[Any]] | None = None,
+        image_sizes: Sequence[Sequence[Any]] | None = None,
+        labels: Any = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """NLVR2 pairs: each sentence is encoded with each of its two images.
+
+        `tags`, `regions`, `region_features`, `boxes` and `image_sizes` hold one (left, right) pair
+        per sentence. Returns (batch, 2, Lt) text tensors and (batch, 2, R, D) `img_feats`; other
+        arguments as in `__call__`.
+        """
+        texts = self._texts(text, "text", kwargs.get("allow_empty_text", False))
+        batch = len(texts)
+
+        def flat(pairs: Any, name: str) -> list | None:
+            if pairs is None:
+                return None
+            if len(pairs) != batch or any(len(p) != 2 for p in pairs):
+                raise ValueError(f"{name} must hold one (left, right) pair per sentence ({batch} sentences).")
+            return [item for pair in pairs for item in pair]
+
+        flat_tags = flat(tags, "tags")
+        out = self(
+            [t for t in texts for _ in range(2)],
+            tags=[join_tags(t) for t in flat_tags] if flat_tags is not None else None,
+            regions=flat(regions, "regions"),
+            region_features=flat(region_features, "region_features"),
+            boxes=flat(boxes, "boxes"),
+            image_sizes=flat(image_sizes, "image_sizes"),
+            **kwargs,
+        )
+        data = {k: v.reshape(batch, 2, *v.shape[1:]) for k, v in out.items()}
+        if labels is not None:
+            data["labels"] = self._labels(labels)
+        return BatchFeature(data=data)
+
+    # -- captioning --------------------------------------------------------------------------------
+
+    def _caption_rows(
+        self, captions: list[list[int]], tags: list[list[int]], caption_slot: int, text_length: int
+    ) -> tuple[list[list[int]], list[list[int]], list[int], list[int]]:
+        """Caption slot then tags; returns rows, token types, caption lengths and tag lengths."""
+        cls_id, sep_id, pad_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id
+        rows, types, caption_lengths, tag_lengths = [], [], [], []
+        for caption, tag in zip(captions, tags):
+            row = [cls_id, *caption[: caption_slot - 2], sep_id]
+            caption_lengths.append(len(row))
+            row += [pad_id] * (caption_slot - len(row))
+            row_types = [0] * caption_slot
+            tag = tag[: text_length - caption_slot - 1]
+            if tag:
+                row += [*tag, sep_id]
+                row_types += [1] * (len(tag) + 1)
+            tag_lengths.append(len(row) - caption_slot)
+            rows.append(row)
+            types.append(row_types)
+        return rows, types, caption_lengths, tag_lengths
+
+    def _caption_batch(
+        self,
+        captions: list[list[int]],
+        tag_strings: list[str],
+        regions: dict[str, torch.Tensor],
+        max_caption_length: int | None,
+        max_tag_length: int | None,
+    ) -> dict[str, torch.Tensor]:
+        caption_slot = int(max_caption_length or self.max_caption_length)
+        text_length = caption_slot + int(max_tag_length or self.max_tag_length)
+        rows, types, caption_lengths, tag_lengths = self._caption_rows(
+            captions, self._tokenize(tag_strings), caption_slot, text_length
+        )
+        input_ids, token_type_ids, text_mask = self._pad_rows(rows, types, text_length)
+        if regions:
+            region_counts = regions["img_attention_mask"].sum(1).tolist()
+            slots = regions["img_feats"].shape[1]
+        else:
+            region_counts, slots = [0] * len(rows), 0
+        attention_mask = torch.stack(
+            [
+                seq2seq_attention_mask(c, caption_slot, t, text_length, int(r), slots)
+                for c, t, r in zip(caption_lengths, tag_lengths, region_counts)
+            ]
+        )
+        data = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+        if regions:
+            # The 3-D mask already covers the regions; keep img_attention_mask out so the model does not
+            # see two masks for the same slots.
+            data["img_feats"] = regions["img_feats"]
+        return data
+
+    def captioning(
+        self,
+        text: str | Sequence[str],
+        tags: Any = None,
+        regions: Sequence[Mapping[str, Any]] | None = None,
+        region_features: Any = None,
+        boxes: Any = None,
+        image_sizes: Any = None,
+        max_caption_length: int | None = None,
+        max_tag_length: int | None = None,
+        **region_kwargs: Any,
+    ) -> BatchFeature:
+        """Captioning training layout (before target masking, which `OscarCaptioningCollator` does).
+
+        `input_ids` (batch, max_caption_length + max_tag_length): `[CLS] caption [SEP] [PAD]...` in
+        the caption slot (captions longer than the slot are cut, as in the original), then
+        `tags [SEP]` (cut to the tag budget), then padding. `token_type_ids` 0 caption / 1 tags.
+        `attention_mask` (batch, Lt + R, Lt + R) is the seq2seq mask. `img_feats` as usual.
+        """
+        captions = self._texts(text, "text", allow_empty=False)
+        batch = len(captions)
+        tag_strings = self._tags_list(tags, batch, regions)
+        region_data = self._regions(batch, regions, region_features, boxes, image_sizes, **region_kwargs)
+        data = self._caption_batch(
+            self._tokenize(captions), tag_strings, region_data, max_caption_length, max_tag_length
+        )
+        return BatchFeature(data=data)
+
+    def caption_decode_layout(
+        self,
+        tags: Any = None,
+        regions: Sequence[Mapping[str, Any]] | None = None,
+        region_features: Any = None,
+        boxes: Any = None,
+        image_sizes: Any = None,
+        batch_size: int | None = None,
+        max_caption_length: int | None = None,
+        max_tag_length: int | None = None,
+        **region_kwargs: Any,
+    ) -> BatchFeature:
+        """The original test-time layout: `[CLS] [MASK]... [SEP]` caption slot, tags, 3-D mask, `masked_pos`.
+
+        This is what the original `BertForImageCaptioning.generate` received (its `input_ids`,
+        `token_type_ids`, `attention_mask`, `img_feats` and `masked_pos` (all ones, int32)). Use it
+        to feed converted code paths that expect the original tensors; `caption_prompt` gives the
+        inputs of `OscarForImageCaptioning.generate`.
+        """
+        batch = self._prompt_batch(tags, regions, region_features, batch_size)
+        tag_strings = self._tags_list(tags, batch, regions)
+        caption_slot = int(max_caption_length or self.max_caption_length)
+        placeholders = [[self.tokenizer.mask_token_id] * (caption_slot - 2)] * batch
+        region_data = self._regions(batch, regions, region_features, boxes, image_sizes, **region_kwargs)
+        data = self._caption_batch(placeholders, tag_strings, region_data, caption_slot, max_tag_length)
+        data["masked_pos"] = torch.ones_like(data["input_ids"], dtype=torch.int32)
+        return BatchFeature(data=data)
+
+    def caption_prompt(
+        self,
+        tags: Any = None,
+        regions: Sequence[Mapping[str, Any]] | None = None,
+        region_features: Any = None,
+        boxes: Any = None,
+        image_sizes: Any = None,
+        batch_size: int | None = None,
+        max_tag_length: int | None = None,
+        padding: str | None = None,
+        **region_kwargs: Any,
+    ) -> BatchFeature:
+        """Inputs of `OscarForImageCaptioning.generate`: `[CLS]` prompt, tags and regions.
+
+        Returns `input_ids` (batch, 1) = `[CLS]`, `attention_mask` (batch, 1), `tag_input_ids`
+        (batch, T) = `tags [SEP]` padded (cut to `max_tag_length` including `[SEP]`),
+        `tag_attention_mask`, and `img_feats` / `img_attention_mask` when regions are given. The model
+        places the tags at positions from `config.max_caption_length` with token type 1. An example
+        without tags gets an empty tag row (all mask 0), as the original omits the tag segment.
+        """
+        batch = self._prompt_batch(tags, regions, region_features, batch_size)
+        tag_strings = self._tags_list(tags, batch, regions)
+        budget = int(max_tag_length or self.max_tag_length)
+        sep_id = self.tokenizer.sep_token_id
+        rows = [[*t[: budget - 1], sep_id] if t else [] for t in self._tokenize(tag_strings)]
+        padding = padding or self.text_padding
+        width = budget if padding == "max_length" else max(len(r) for r in rows)
+        tag_input_ids, _, tag_attention_mask = self._pad_rows(rows, [[1] * len(r) for r in rows], width)
+        data = {
+            "input_ids": torch.full((batch, 1), self.tokenizer.cls_token_id, dtype=torch.long),
+            "attention_mask": torch.ones(batch, 1, dtype=torch.long),
+            "tag_input_ids": tag_input_ids,
+            "tag_attention_mask": tag_attention_mask,
+        }
+        data.update(self._regions(batch, regions, region_features, boxes, image_sizes, **region_kwargs))
+        return BatchFeature(data=data)
+
+    @staticmethod
+    def _prompt_batch(tags: Any, regions: Any, region_features: Any, batch_size: int | None) -> int:
+        for source in (regions, region_features):
+            if source is not None:
+                return len(source)
+        if tags is not None:
+            return 1 if isinstance(tags, str) else len(tags)
+        if batch_size is None:
+            raise ValueError("Pass tags, regions or region_features (or batch_size) to size the caption batch.")
+        return batch_size
+
+    # -- decoding ----------------------------------------------------------------------------------
+
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
+        """Forwards to the tokenizer's `batch_decode` (pass `skip_special_tokens=True` for captions)."""
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args: Any, **kwargs: Any) -> str:
+        """Forwards to the tokenizer's `decode`."""
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+__all__ = ["OscarProcessor", "join_tags", "seq2seq_attention_mask", "truncate_pair"]
