@@ -94,11 +94,9 @@ def text_candidates(
     valid = attention_mask.bool()
     lengths = valid.sum(1)
     positions = torch.arange(input_ids.shape[1])[None, :]
-    special = positions == 0
-    special |= positions == (lengths - 1)[:, None]
     # The [SEP] closing text_a is the last type-0 token before the tags (or the last token without tags).
     sep_a = ((token_type_ids == 0) & valid).sum(1) - 1
-    special |= positions == sep_a[:, None]
+    special = (positions == 0) | (positions == (lengths - 1)[:, None]) | (positions == sep_a[:, None])
     return valid & ~special
 
 

@@ -70,29 +70,32 @@ def truncate_pair(tokens_a: list[int], tokens_b: list[int], max_total: int) -> t
 
 
 def seq2seq_attention_mask(
-    caption_length: int,
+    caption_lengths: Sequence[int] | torch.Tensor,
     caption_slot: int,
-    num_tags: int,
+    tag_lengths: Sequence[int] | torch.Tensor,
     text_length: int,
-    num_regions: int,
+    region_counts: Sequence[int] | torch.Tensor,
     region_slots: int,
 ) -> torch.Tensor:
-    """The captioning mask of the original tensorizer, (text_length + region_slots) squared, int64.
+    """The captioning masks of the original tensorizer, (batch, L, L) int64 with L = text_length + region_slots.
 
-    Caption rows (`caption_length` real tokens from position 0) see earlier caption tokens, the tags
-    and the regions; tag rows (`num_tags` from `caption_slot`) and region rows (`num_regions` from
-    `text_length`) see tags and regions, never the caption. Padding rows and columns are 0.
+    Per example, caption rows (`caption_lengths` real tokens from position 0) see earlier caption
+    tokens, the tags and the regions; tag rows (`tag_lengths` from `caption_slot`) and region rows
+    (`region_counts` from `text_length`) see tags and regions, never the caption. Padding rows and
+    columns are 0.
+
+    Example:
+        >>> seq2seq_attention_mask([2], 3, [1], 4, [1], 2)[0].tolist()
+        [[1, 0, 0, 1, 1, 0], [1, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0]]
     """
-    total = text_length + region_slots
-    mask = torch.zeros(total, total, dtype=torch.long)
-    caption = slice(0, caption_length)
-    tags = slice(caption_slot, caption_slot + num_tags)
-    regions = slice(text_length, text_length + num_regions)
-    mask[caption, caption] = torch.tril(torch.ones(caption_length, caption_length, dtype=torch.long))
-    for rows in (caption, tags, regions):
-        mask[rows, tags] = 1
-        mask[rows, regions] = 1
-    return mask
+    idx = torch.arange(text_length + region_slots)
+    caption = idx[None, :] < torch.as_tensor(caption_lengths)[:, None]  # (batch, L)
+    tags = (idx[None, :] >= caption_slot) & (idx[None, :] < caption_slot + torch.as_tensor(tag_lengths)[:, None])
+    regions = (idx[None, :] >= text_length) & (idx[None, :] < text_length + torch.as_tensor(region_counts)[:, None])
+    context = tags | regions
+    causal = idx[None, :] <= idx[:, None]  # (L, L): key <= query
+    caption_rows = caption[:, :, None] & ((caption[:, None, :] & causal) | context[:, None, :])
+    return (caption_rows | (context[:, :, None] & context[:, None, :])).long()
 
 
 def _batch_size(text: Any) -> int | None:
@@ -422,11 +425,8 @@ class OscarProcessor(ProcessorMixin):
             slots = regions["img_feats"].shape[1]
         else:
             region_counts, slots = [0] * len(rows), 0
-        attention_mask = torch.stack(
-            [
-                seq2seq_attention_mask(c, caption_slot, t, text_length, int(r), slots)
-                for c, t, r in zip(caption_lengths, tag_lengths, region_counts)
-            ]
+        attention_mask = seq2seq_attention_mask(
+            caption_lengths, caption_slot, tag_lengths, text_length, region_counts, slots
         )
         data = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
         if regions:
