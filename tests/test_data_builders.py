@@ -41,7 +41,7 @@ def load(out, split):
 
 def check_regions(row, truth, prefix=""):
     """Features equal the source float32 values rounded to float16; boxes, size and tags joined."""
-    features = np.asarray(row[f"{prefix}features"], dtype=np.float32)
+    features = np.asarray(row[f"{prefix}img_feats"], dtype=np.float32)
     assert row[f"{prefix}image_id"] == truth.key
     np.testing.assert_array_equal(features, truth.features.astype(np.float16).astype(np.float32))
     np.testing.assert_allclose(features, truth.features, rtol=1e-3, atol=1e-3)
@@ -64,8 +64,8 @@ def test_caption_builder_karpathy(world, regions, tmp_path):
     assert test[2]["references"] == ["A caption 0 of image 106.", "A caption 1 of image 106."]
     for row in list(train) + list(test):
         check_regions(row, world.images[row["image_id"]])
-    assert train.features["features"].shape == (None, FEATURE_DIM)
-    assert train.features["features"].dtype == "float16"
+    assert train.features["img_feats"].shape == (None, FEATURE_DIM)
+    assert train.features["img_feats"].dtype == "float16"
 
 
 def test_caption_builder_coco_json_sizes_and_vinvl_json_features(tmp_path):
@@ -96,6 +96,7 @@ def test_retrieval_builder_1k_and_5k_protocols(world, regions, tmp_path):
     assert test_5k[0]["captions"] == ["A caption 0 of image 104.", "A caption 1 of image 104."]
     assert test_5k[0]["caption_ids"] == [1040, 1041]
     check_regions(test_5k[1], world.images["105"])
+    assert sorted(load_dataset(str(out))) == ["test_1k", "test_5k", "train", "val"]  # split names from file names
     # The original 1K key list overrides the default fold 0.
     (tmp_path / "keys.tsv").write_text("106\n104\n")
     keyed = RetrievalBuilder(regions, world.root / "dataset_coco.json", test_1k_keys=tmp_path / "keys.tsv")
@@ -247,7 +248,8 @@ def test_pretrain_corpus_builder_and_streaming(tmp_path):
     rows = list(load(tmp_path / "pt", "train"))
     assert [r["source"] for r in rows] == ["coco", "coco", "googlecc", "gqa"]
     assert [r["is_qa"] for r in rows] == [False, False, False, True]
-    assert rows[3]["text_a"] == "Is the sky blue?" and rows[3]["text_b"] == "yes" and rows[0]["text_b"] == ""
+    assert rows[3]["text_a"] == "Is the sky blue?" and rows[3]["text_b"] == "yes"
+    assert rows[0]["text_b"] == " ".join(truth["coco_11"].tags) and rows[3]["tags"] == truth["gqa_n9"].tags
     for row in rows:
         check_regions(row, truth[row["image_key"]])
     # Loadable by folder (README configs), streamed and split across 2 nodes without overlap.
@@ -281,8 +283,11 @@ def test_resume_and_plan_mismatch(world, regions, tmp_path):
     assert load(out, "test")["image_id"][:] == ["104", "105", "106"]
     with pytest.raises(ValueError, match="other inputs or options.*--overwrite"):
         build_dataset(builder, out, units_per_shard=2, progress=False)
-    third = build_dataset(builder, out, units_per_shard=2, overwrite=True, progress=False)
+    assert load_dataset(str(out))["train"].num_rows == 2
+    per_caption = CaptionBuilder(regions, [world.root / "dataset_coco.json"], rows="caption")
+    third = build_dataset(per_caption, out, units_per_shard=2, overwrite=True, progress=False)
     assert third.shards_written == 4
+    assert load_dataset(str(out))["train"].num_rows == 4  # the rebuilt folder, not a stale cache
 
 
 def test_multi_process_build_matches_single_process(world, regions, tmp_path):

@@ -69,7 +69,7 @@ def test_detect_writes_regions_with_box_dims(tmp_path):
     row = rows[1]
     boxes = np.array([[0, 0, 40, 24], [20, 12, 80, 48]], dtype=np.float32)
     assert (row["image_width"], row["image_height"]) == (80, 48) and row["tags"] == ["cat", "red car"]
-    features = np.asarray(row["features"])
+    features = np.asarray(row["img_feats"])
     assert features.shape == (2, 2054)
     np.testing.assert_allclose(features[:, :2048], 80 / 255, atol=1e-3)
     np.testing.assert_allclose(features[:, 2048:], box_geometry(boxes, 80, 48), atol=1e-3)
@@ -84,8 +84,10 @@ def test_raw_images_to_caption_dataset(tmp_path):
     builder = CaptionBuilder(ParquetRegionSource(tmp_path / "regions"), [(captions, "train")])
     build_dataset(builder, tmp_path / "caption", progress=False)
     rows = list(load_dataset(str(tmp_path / "caption"), split="train"))
-    assert [(r["image_id"], r["caption"]) for r in rows] == [(f"photo{i}", f"a grey photo number {i}") for i in range(3)]
-    np.testing.assert_allclose(np.asarray(rows[2]["features"])[:, 0], 120 / 255, atol=1e-3)
+    assert [(r["image_id"], r["caption"]) for r in rows] == [
+        (f"photo{i}", f"a grey photo number {i}") for i in range(3)
+    ]
+    np.testing.assert_allclose(np.asarray(rows[2]["img_feats"])[:, 0], 120 / 255, atol=1e-3)
 
 
 def test_unreadable_image_is_named_and_skippable(tmp_path):

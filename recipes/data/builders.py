@@ -454,9 +454,9 @@ class CorpusRegions:
 class PretrainCorpusBuilder:
     """Oscar / Oscar+ pre-training triples from a corpus YAML and its corpus TSV.
 
-    Corpus rows are `[img_key, label_key, text_a]`. Caption rows take their tags from the label
-    files; QA rows (a `qa` part in `label_key`, ending in `_<qa_id>`) also get `text_b`, the
-    answers from `QA_fileB.tsv`. Units are corpus row numbers (a lazy `range`), so corpora larger
+    Corpus rows are `[img_key, label_key, text_a]`. Every row gets the image's tags from the label
+    files; `text_b` is the tag string for caption rows and, for QA rows (a `qa` part in
+    `label_key`, ending in `_<qa_id>`), the answers from `QA_fileB.tsv`. Units are corpus row numbers (a lazy `range`), so corpora larger
     than memory shard without loading the corpus file.
     """
 
@@ -520,7 +520,8 @@ class PretrainCorpusBuilder:
                 "check the corpus YAML's image_feature_path, or pass --skip-bad-rows to skip and count the row.",
             )
         is_qa = "qa" in label_key.split("_")
-        text_b = self._answer_text(dataset, chunk, label_key, index) if is_qa else ""
+        # As in the original triples: text_b is the answer for QA rows and the tag string otherwise.
+        text_b = self._answer_text(dataset, chunk, label_key, index) if is_qa else " ".join(record.tags)
         return {
             **record.as_columns(),
             "source": dataset,

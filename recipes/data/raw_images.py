@@ -46,7 +46,9 @@ def load_detector(spec: str, kwargs: dict | None = None) -> Detector:
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"--detector {spec!r} cannot be imported ({error}). Fix: install the adapter's package.") from None
+        raise ValueError(
+            f"--detector {spec!r} cannot be imported ({error}). Fix: install the adapter's package."
+        ) from None
     return factory(**(kwargs or {}))
 
 

@@ -49,7 +49,7 @@ class RegionRecord:
         """Columns of the region part of a dataset row (`prefix` for NLVR2's left/right images)."""
         return {
             f"{prefix}image_id": self.image_id,
-            f"{prefix}features": self.features.astype(np.float16),
+            f"{prefix}img_feats": self.features.astype(np.float16),
             f"{prefix}boxes": self.boxes.astype(np.float32),
             f"{prefix}image_width": self.image_width,
             f"{prefix}image_height": self.image_height,
@@ -401,7 +401,7 @@ class ParquetRegionSource:
         self.dataset = load_dataset("parquet", data_files={split: str(self.folder / "data" / f"{split}-*.parquet")})[
             split
         ].with_format("numpy")
-        self.feature_dim = self.dataset.features["features"].shape[1]
+        self.feature_dim = self.dataset.features["img_feats"].shape[1]
         self.index = {str(image_id): i for i, image_id in enumerate(self.dataset["image_id"])}
 
     def describe(self) -> dict:
@@ -414,7 +414,7 @@ class ParquetRegionSource:
         row = self.dataset[position]
         return RegionRecord(
             image_id=image_id,
-            features=np.asarray(row["features"], dtype=np.float32).reshape(-1, self.feature_dim),
+            features=np.asarray(row["img_feats"], dtype=np.float32).reshape(-1, self.feature_dim),
             boxes=np.asarray(row["boxes"], dtype=np.float32).reshape(-1, 4),
             image_width=_none_if_missing(row["image_width"]),
             image_height=_none_if_missing(row["image_height"]),

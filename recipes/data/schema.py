@@ -6,10 +6,13 @@ from datasets import Array2D, Features, List, Value
 
 
 def region_features(feature_dim: int = 2054, prefix: str = "") -> dict:
-    """Columns of one image's regions: float16 region vectors, xyxy pixel boxes, size, tags."""
+    """Columns of one image's regions: float16 region vectors, xyxy pixel boxes, size, tags.
+
+    `img_feats` carries the model's argument name (and the collators' key) so rows feed them as they are.
+    """
     return {
         f"{prefix}image_id": Value("string"),
-        f"{prefix}features": Array2D(shape=(None, feature_dim), dtype="float16"),
+        f"{prefix}img_feats": Array2D(shape=(None, feature_dim), dtype="float16"),
         f"{prefix}boxes": Array2D(shape=(None, 4), dtype="float32"),
         f"{prefix}image_width": Value("int32"),
         f"{prefix}image_height": Value("int32"),
@@ -93,7 +96,7 @@ def nlvr2_schema(feature_dim: int = 2054) -> Features:
 
 
 def pretrain_schema(feature_dim: int = 2054) -> Features:
-    """Pre-training triples: text_a (caption/question), text_b (answer for QA rows), tags, regions."""
+    """Pre-training triples: text_a (caption/question), text_b (tag string, or the answer for QA rows), regions."""
     return Features(
         {
             **region_features(feature_dim),

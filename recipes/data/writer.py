@@ -2,7 +2,7 @@
 
 Layout of an output folder (what `push_to_hub` writes, so it loads the same locally and from the Hub)::
 
-    OUT/README.md                                   dataset card with the `configs:` split mapping
+    OUT/README.md                                   dataset card (inputs of the build)
     OUT/data/{split}-{i:05d}-of-{n:05d}.parquet     shards, each written by `Dataset.from_generator`
     OUT/.build/plan.json                            what was planned (checked again when resuming)
     OUT/.build/{split}-{i:05d}.json                 rows and skipped bad rows of a finished shard
@@ -187,11 +187,13 @@ def _is_done(out: Path, shard: Shard) -> bool:
 
 
 def write_dataset_card(out: Path, builder: TaskBuilder, splits: list[str]) -> None:
-    """README.md with the `configs:` mapping that `load_dataset(folder or repo)` reads."""
-    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
-    for split in splits:
-        lines += [f"  - split: {split}", f"    path: data/{split}-*.parquet"]
-    lines += ["---", "", f"# Oscar {builder.name} dataset", ""]
+    """README.md describing the build.
+
+    It deliberately has no `configs:` block: `load_dataset(folder or repo)` infers the splits from the
+    `data/{split}-NNNNN-of-NNNNN.parquet` names, and with an explicit `configs:` block datasets 5.2
+    caches a local folder under a key that ignores the files, so a rebuilt folder would load stale.
+    """
+    lines = [f"# Oscar {builder.name} dataset", "", "Splits: " + ", ".join(f"`{split}`" for split in splits), ""]
     lines += ["Built by `python -m oscar_hf.data build` from these inputs:", "", "```json"]
     lines += [json.dumps(builder.describe(), indent=2, sort_keys=True, default=str), "```", ""]
     (out / "README.md").write_text("\n".join(lines))
