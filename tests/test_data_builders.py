@@ -319,3 +319,11 @@ def test_labels_with_other_box_counts_than_features(tmp_path):
     write_tsv(paths["labels"], [label_row("k", ["sky"], image.boxes[:1], [0.9], (image.width, image.height))])
     record = TsvRegionSource(**paths).get("k")
     assert record.tags == ["sky"] and record.features.shape == (3, FEATURE_DIM) and record.boxes.shape == (3, 4)
+
+
+def test_image_key_template(world, regions):
+    builder = CaptionBuilder(regions, [world.root / "dataset_coco.json"], image_key_template="COCO_val2014_{id:012d}")
+    assert builder.image_key("42") == "COCO_val2014_000000000042"  # Karpathy ids are strings
+    assert builder.image_key(42) == "COCO_val2014_000000000042"
+    with pytest.raises(ValueError, match="cannot format id 'abc'"):
+        builder.image_key("abc")

@@ -62,11 +62,19 @@ class _RegionTask:
     def image_key(self, image_id) -> str:
         try:
             return self.image_key_template.format(id=image_id)
-        except (ValueError, IndexError, KeyError) as error:
-            raise ValueError(
-                f"--image-key-template {self.image_key_template!r} cannot format id {image_id!r} ({error}). "
-                "Fix: use a template with one {id} field, e.g. 'COCO_val2014_{id:012d}'."
-            ) from None
+        except ValueError:
+            # Karpathy ids arrive as strings; a numeric template such as {id:012d} needs the int.
+            if isinstance(image_id, str) and image_id.isdigit():
+                return self.image_key(int(image_id))
+            raise self._template_error(image_id) from None
+        except (IndexError, KeyError):
+            raise self._template_error(image_id) from None
+
+    def _template_error(self, image_id) -> ValueError:
+        return ValueError(
+            f"--image-key-template {self.image_key_template!r} cannot format id {image_id!r}. "
+            "Fix: use a template with one {id} field, e.g. 'COCO_val2014_{id:012d}'."
+        )
 
     def lookup(self, image_id, where: str, size: tuple[int | None, int | None] = (None, None)) -> RegionRecord:
         """The regions of `image_id`; an id without features raises naming the annotation entry."""

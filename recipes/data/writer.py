@@ -193,7 +193,17 @@ def write_dataset_card(out: Path, builder: TaskBuilder, splits: list[str]) -> No
     `data/{split}-NNNNN-of-NNNNN.parquet` names, and with an explicit `configs:` block datasets 5.2
     caches a local folder under a key that ignores the files, so a rebuilt folder would load stale.
     """
-    lines = [f"# Oscar {builder.name} dataset", "", "Splits: " + ", ".join(f"`{split}`" for split in splits), ""]
+    lines = [
+        "---",
+        f"pretty_name: Oscar {builder.name}",
+        "tags:",
+        "- oscar",
+        "- vinvl",
+        "- region-features",
+        "---",
+        "",
+    ]
+    lines += [f"# Oscar {builder.name} dataset", "", "Splits: " + ", ".join(f"`{split}`" for split in splits), ""]
     lines += ["Built by `python -m oscar_hf.data build` from these inputs:", "", "```json"]
     lines += [json.dumps(builder.describe(), indent=2, sort_keys=True, default=str), "```", ""]
     (out / "README.md").write_text("\n".join(lines))
