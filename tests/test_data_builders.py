@@ -142,6 +142,8 @@ def test_id_without_features_names_the_annotation(world, regions, tmp_path):
     builder = VQABuilder(regions, {"train": (questions, annotations)}, answer_vocab=VQA_VOCAB)
     with pytest.raises(BadRowError, match=r"train_questions\.json, questions\[3\], id '999': .*no row in the feature"):
         build_dataset(builder, tmp_path / "strict", progress=False)
+    with pytest.raises(BadRowError, match=r"questions\[3\], id '999'"):  # also from a worker process
+        build_dataset(builder, tmp_path / "strict_mp", units_per_shard=1, num_proc=2, progress=False)
     summary = build_dataset(builder, tmp_path / "lenient", skip_bad_rows=True, progress=False)
     assert summary.rows == {"train": 3} and summary.bad_rows == {"missing_features": 1}
     assert "id '999'" in summary.bad_examples[0]
