@@ -193,9 +193,12 @@ class OscarProcessor(ProcessorMixin):
             if region_features is not None:
                 raise ValueError("Pass regions (detector outputs) or region_features, not both.")
             region_features = [r["features"] for r in regions]
-            boxes = [r.get("boxes") for r in regions]
-            image_sizes = [r.get("image_size") for r in regions]
-            if all(b is None for b in boxes):
+            # Records whose features already carry the 6 box values (e.g. original 2054-d files) keep
+            # their boxes for display only; appending box values twice would be wrong.
+            needs_boxes = [self._feature_width(f) == self.image_processor.region_feature_dim for f in region_features]
+            boxes = [r.get("boxes") if need else None for r, need in zip(regions, needs_boxes)]
+            image_sizes = [r.get("image_size") if need else None for r, need in zip(regions, needs_boxes)]
+            if not any(needs_boxes):
                 boxes = image_sizes = None
         if region_features is None:
             return {}
@@ -205,6 +208,11 @@ class OscarProcessor(ProcessorMixin):
                 f"Got {out['img_feats'].shape[0]} region sets for {batch} texts; pass one region set per example."
             )
         return {"img_feats": out["img_feats"], "img_attention_mask": out["img_attention_mask"]}
+
+    @staticmethod
+    def _feature_width(features: Any) -> int | None:
+        shape = getattr(features, "shape", None)
+        return int(shape[-1]) if shape is not None and len(shape) == 2 else None
 
     @staticmethod
     def _tags_list(tags: Any, batch: int, regions: Sequence[Mapping[str, Any]] | None) -> list[str]:
