@@ -319,6 +319,12 @@ class RoIAlignFeatureExtractor:
         return results
 
 
+def transformers_detector(name_or_path: str, **kwargs: Any) -> TransformersDetector:
+    """Factory for `package.module:factory` detector specs (e.g. the dataset CLI's `--detector`):
+    `oscar_hf.processors.detectors:transformers_detector` with `{"name_or_path": "folder", ...}`."""
+    return TransformersDetector.from_pretrained(name_or_path, **kwargs)
+
+
 # ------------------------------------------------------------------------------------------------
 # Precomputed regions
 # ------------------------------------------------------------------------------------------------
@@ -450,5 +456,6 @@ __all__ = [
     "TransformersDetector",
     "decode_features",
     "select_detections",
+    "transformers_detector",
     "unique_tags",
 ]

@@ -196,6 +196,20 @@ def test_detector_dedupe_and_thresholds(photos):
         strict([np.zeros((8, 8, 3))])
 
 
+def test_detector_factory_loads_a_saved_checkpoint(photos, tmp_path):
+    from oscar_hf.processors.detectors import transformers_detector
+
+    torch.manual_seed(0)
+    model, image_processor = tiny_detr()
+    model.save_pretrained(tmp_path)
+    image_processor.save_pretrained(tmp_path)
+    detector = transformers_detector(str(tmp_path), min_boxes=2, max_boxes=3)
+    expected = TransformersDetector(model, image_processor, min_boxes=2, max_boxes=3)(photos[:1])[0]
+    got = detector(photos[:1])[0]
+    assert got["tags"] == expected["tags"]
+    torch.testing.assert_close(got["features"], expected["features"])
+
+
 def test_select_detections_rules():
     boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]])
     scores, labels = torch.tensor([0.9, 0.85, 0.1, 0.3]), torch.tensor([1, 1, 2, 3])
