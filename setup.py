@@ -39,6 +39,7 @@ setup(
     python_requires=">=3.10",
     packages=["oscar_hf", "oscar_hf.processors", "oscar_hf.data"],
     package_dir={"oscar_hf": "modeling_oscar", "oscar_hf.processors": "processors", "oscar_hf.data": "recipes/data"},
+    package_data={"oscar_hf.processors": ["tag_vocabularies/*.txt"]},
     # evaluate modules are loaded by file path, so they ship as plain files (found by oscar_hf.evaluation.metric_path).
     data_files=[
         (
