@@ -134,6 +134,63 @@ def save_resolved_args(args, output_dir: str | os.PathLike) -> None:
     (out / "args.yaml").write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
 
 
+def load_split(path: str, split: str = "train", max_samples: int | None = None):
+    """A split of a dataset built by `oscar_hf.data` (a folder of `data/<split>-*.parquet`), a Parquet
+    file or glob, or a Hub dataset id; rows come back with NumPy region features."""
+    from datasets import load_dataset
+
+    local = Path(path)
+    if local.suffix == ".parquet" or any(ch in path for ch in "*?["):
+        dataset = load_dataset("parquet", data_files={split: path}, split=split)
+    elif local.is_dir() and not (local / "data").is_dir() and list(local.glob("*.parquet")):
+        dataset = load_dataset("parquet", data_files={split: str(local / "*.parquet")}, split=split)
+    else:
+        dataset = load_dataset(path, split=split)
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    return dataset.with_format("numpy", columns=None, output_all_columns=True)
+
+
+def train_dataloader(dataset, args: RecipeArguments, collate_fn: Callable) -> torch.utils.data.DataLoader:
+    """Shuffled training loader whose shuffling owns its generator.
+
+    Without its own generator a DataLoader draws its base seed from the global RNG each time an
+    iterator starts, and a resumed run (which starts one more iterator) would then see different
+    dropout masks than the uninterrupted run.
+    """
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        collate_fn=collate_fn,
+        num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
+def load_processor(name_or_path: str, max_img_seq_length: int | None = None, **processor_kwargs):
+    """The `OscarProcessor` saved in `name_or_path`, or one built around the tokenizer found there
+    (an original checkpoint's vocab.txt, a BERT folder). Keyword arguments override the lengths."""
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    from .processors import OscarProcessor, OscarRegionFeatureProcessor
+
+    folder = Path(name_or_path)
+    if (folder / "processor_config.json").is_file() or (folder / "preprocessor_config.json").is_file():
+        processor = OscarProcessor.from_pretrained(name_or_path)
+        for key, value in processor_kwargs.items():
+            setattr(processor, key, value)
+    else:
+        has_config = (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
+        # Original checkpoints carry only vocab.txt (bert-base-uncased WordPiece).
+        tokenizer_class = AutoTokenizer if has_config or not (folder / "vocab.txt").is_file() else BertTokenizerFast
+        tokenizer = tokenizer_class.from_pretrained(name_or_path)
+        processor = OscarProcessor(OscarRegionFeatureProcessor(), tokenizer, **processor_kwargs)
+    if max_img_seq_length is not None:
+        processor.image_processor.max_img_seq_length = max_img_seq_length
+    return processor
+
+
 # ------------------------------------------------------------------------------------------ models
 
 
@@ -186,16 +243,39 @@ def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-class GeneratorState:
-    """Makes a `torch.Generator` (e.g. a collator's masking RNG) part of `save_state`/`load_state`."""
+class ResumableCollator:
+    """Wraps a collator that draws from `generator` (masking, pollution) so that its randomness
+    resumes exactly.
 
-    def __init__(self, generator: torch.Generator):
+    The data loader collates ahead of the training step (Accelerate prefetches one batch), so the
+    generator's live state is already past the last batch the model saw when a checkpoint is taken.
+    Each batch therefore carries the generator state right after it was collated; the loop hands the
+    consumed batch back with `mark_consumed`, and checkpoints store that state.
+    Use it with `dataloader_num_workers=0`: worker processes would each copy the generator.
+    """
+
+    STATE_KEY = "_collator_rng_state"
+
+    def __init__(self, collate_fn: Callable, generator: torch.Generator):
+        self.collate_fn = collate_fn
         self.generator = generator
+        self._consumed_state = generator.get_state()
+
+    def __call__(self, examples):
+        batch = self.collate_fn(examples)
+        batch[self.STATE_KEY] = self.generator.get_state()
+        return batch
+
+    def mark_consumed(self, batch) -> None:
+        state = batch.pop(self.STATE_KEY, None)
+        if state is not None:
+            self._consumed_state = state.detach().cpu()
 
     def state_dict(self) -> dict:
-        return {"state": self.generator.get_state()}
+        return {"state": self._consumed_state}
 
     def load_state_dict(self, state: dict) -> None:
+        self._consumed_state = state["state"]
         self.generator.set_state(state["state"])
 
 
@@ -283,10 +363,11 @@ def train(
         evaluate: `(model) -> metrics`, run every `eval_steps` and at the end (all processes call it;
             use `accelerator.gather_for_metrics` inside).
         checkpoint_objects: extra stateful objects (`state_dict`/`load_state_dict`), e.g. a
-            `GeneratorState` of the collator, saved and restored with the checkpoints.
+            `ResumableCollator`, saved and restored with the checkpoints.
     """
     from tqdm.auto import tqdm
 
+    checkpoint_objects = list(checkpoint_objects)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(
@@ -340,6 +421,9 @@ def train(
         if epoch == start_epoch and skip_batches:
             batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
         for batch in batches:
+            for obj in checkpoint_objects:
+                if hasattr(obj, "mark_consumed"):
+                    obj.mark_consumed(batch)
             with accelerator.accumulate(model):
                 loss = compute_loss(model, batch, step)
                 accelerator.backward(loss)
@@ -444,16 +528,19 @@ def export(
 
 
 __all__ = [
-    "GeneratorState",
+    "ResumableCollator",
     "RecipeArguments",
     "TrainResult",
     "export",
     "latest_checkpoint",
     "load_model",
+    "load_processor",
+    "load_split",
     "make_accelerator",
     "optimizer_groups",
     "parse_recipe_args",
     "save_model",
     "save_resolved_args",
     "train",
+    "train_dataloader",
 ]

@@ -11,8 +11,8 @@ from conftest import tiny_config
 
 from oscar_hf import OscarForPreTraining, OscarForSequenceClassification
 from oscar_hf.training import (
-    GeneratorState,
     RecipeArguments,
+    ResumableCollator,
     latest_checkpoint,
     load_model,
     optimizer_groups,
@@ -94,7 +94,10 @@ def test_latest_checkpoint_and_generator_state(tmp_path):
         (tmp_path / "checkpoints" / f"step_{step}").mkdir(parents=True)
     assert latest_checkpoint(tmp_path).name == "step_10"
     generator = torch.Generator().manual_seed(5)
-    state = GeneratorState(generator).state_dict()
-    first = torch.rand(3, generator=generator)
-    GeneratorState(generator).load_state_dict(state)
-    assert torch.equal(torch.rand(3, generator=generator), first)
+    collator = ResumableCollator(lambda rows: {"x": torch.rand(len(rows), generator=generator)}, generator)
+    first, prefetched = collator([1, 2]), collator([3])  # the loader collates one batch ahead
+    collator.mark_consumed(first)
+    assert set(first) == {"x"}
+    saved = collator.state_dict()  # after the consumed batch, not after the prefetched one
+    collator.load_state_dict(saved)
+    assert torch.equal(collator([3])["x"], prefetched["x"])

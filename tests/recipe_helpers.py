@@ -1,0 +1,106 @@
+"""Tiny data in the original formats for the recipe tests (no tests here)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from conftest import parity_fixture_dir
+from test_data_fixtures import make_image, write_regions
+
+from oscar_hf.data import PretrainCorpusBuilder, build_dataset, read_corpus_yaml, write_lineidx
+from oscar_hf.data.original_format import write_tsv
+
+
+TINY_MODEL = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "max_position_embeddings": 128,
+}
+
+
+def tokenizer_folder(root: Path) -> Path:
+    """A folder holding the real bert-base-uncased vocab.txt (from the parity fixtures)."""
+    folder = root / "tokenizer"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(parity_fixture_dir() / "vocab.txt", folder / "vocab.txt")
+    return folder
+
+
+def write_pretrain_corpus(root: Path, num_images: int = 8, seed: int = 0) -> Path:
+    """A one-dataset Oscar corpus (corpus YAML + corpus TSV + features/labels TSVs), built to Parquet."""
+    rng = np.random.default_rng(seed)
+    images = [make_image(rng, str(100 + i), num_boxes=3) for i in range(num_images)]
+    folder = root / "src" / "features" / "coco"
+    paths = write_regions(folder, images)
+    paths["features"].rename(folder / "features.tsv")
+    paths["labels"].rename(folder / "predictions_gt.tsv")
+    for name in ("features.tsv", "predictions_gt.tsv"):
+        write_lineidx(folder / name)
+    corpus = [f"coco_{im.key}\tcoco_{im.key}\tA photo of a {' and a '.join(im.tags)}." for im in images]
+    write_tsv(root / "src" / "corpus.tsv", corpus)
+    (root / "src" / "corpus.yaml").write_text(
+        "corpus: coco\ncorpus_file: corpus.tsv\n"
+        "image_label_path:\n  coco: features/coco\nimage_feature_path:\n  coco: features/coco\n"
+    )
+    out = root / "pretrain_data"
+    build_dataset(PretrainCorpusBuilder(read_corpus_yaml(root / "src" / "corpus.yaml")), out, progress=False)
+    return out
+
+
+def tiny_overrides(**extra) -> str:
+    return json.dumps({**TINY_MODEL, **extra})
+
+
+LOAD_AND_RUN = """
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "oscar_hf" or name.startswith("oscar_hf."):
+            raise ImportError(name + " is blocked")
+sys.meta_path.insert(0, Block())
+try:
+    import oscar_hf  # noqa: F401
+    raise SystemExit("oscar_hf is importable")
+except ImportError:
+    pass
+import torch, transformers
+from safetensors.torch import load_file
+folder, auto_class, inputs_file = sys.argv[1:4]
+model = getattr(transformers, auto_class).from_pretrained(folder, trust_remote_code=True).eval()
+processor = transformers.AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+with torch.no_grad():
+    out = model(**load_file(inputs_file))
+logits = out.logits if getattr(out, "logits", None) is not None else out.prediction_logits
+torch.save({"logits": logits, "processor": type(processor).__name__}, inputs_file + ".out")
+"""
+
+
+def run_export_in_fresh_process(folder: Path, auto_class: str, inputs: dict, tmp_path: Path) -> dict:
+    """Loads an exported folder with trust_remote_code where oscar_hf cannot be imported; runs `inputs`."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import save_file
+
+    inputs_file = tmp_path / "inputs.safetensors"
+    save_file({k: v.contiguous() for k, v in inputs.items()}, inputs_file)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_RUN, str(folder), auto_class, str(inputs_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return torch.load(str(inputs_file) + ".out", weights_only=True)
