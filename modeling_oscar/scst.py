@@ -51,18 +51,20 @@ def caption_log_probs(
     tag_input_ids: torch.LongTensor,
     img_attention_mask: torch.Tensor | None = None,
     tag_attention_mask: torch.Tensor | None = None,
+    config=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token log-probabilities of generated captions, with gradients, in one forward pass.
 
     Args:
         sequences: (batch, L) from `generate`: `[CLS]`, the caption, then `[SEP]` and padding.
         img_feats, tag_input_ids, img_attention_mask, tag_attention_mask: the prompt of each row.
+        config: the model's config, when `model` is a wrapper without one (DDP, FSDP).
 
     Returns:
         (log_probs, counted): both (batch, L - 1); `log_probs[:, t]` is log p(sequences[:, t + 1]),
         `counted` is 1 up to and including the first `[SEP]` (what the original averages over).
     """
-    config = model.config
+    config = config if config is not None else model.config
     batch, length = sequences.shape
     steps = length - 1
     device = sequences.device

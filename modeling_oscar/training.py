@@ -49,6 +49,8 @@ class RecipeArguments:
     eval_data: str | None = field(default=None, metadata={"help": "Parquet file/folder/glob of the evaluation set"})
     max_train_samples: int | None = field(default=None, metadata={"help": "truncate the training set (debugging)"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "truncate the evaluation set"})
+    train_split: str = "train"
+    eval_split: str = field(default="val", metadata={"help": "split of eval_data to evaluate on (val, test, ...)"})
     learning_rate: float = 5e-5
     weight_decay: float = 0.05
     adam_epsilon: float = 1e-8

@@ -56,11 +56,11 @@ def get_dataloaders(args: PretrainArguments, processor, num_classes: int, genera
         ),
         generator,
     )
-    train_set = load_split(args.train_data, "train", args.max_train_samples)
+    train_set = load_split(args.train_data, args.train_split, args.max_train_samples)
     train_loader = train_dataloader(train_set, args, collator)
     eval_loader = None
     if args.eval_data:
-        eval_set = load_split(args.eval_data, "train", args.max_eval_samples)
+        eval_set = load_split(args.eval_data, args.eval_split, args.max_eval_samples)
         # A separate generator: evaluation must not move the training randomness.
         eval_collator = OscarPretrainingCollator(
             processor,

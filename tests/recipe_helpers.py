@@ -104,3 +104,34 @@ def run_export_in_fresh_process(folder: Path, auto_class: str, inputs: dict, tmp
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return torch.load(str(inputs_file) + ".out", weights_only=True)
+
+
+def write_caption_data(root: Path, num_images: int = 6, seed: int = 0) -> Path:
+    """Karpathy-split captions + feature/label TSVs in the original formats, built to Parquet."""
+    from oscar_hf.data import CaptionBuilder, TsvRegionSource
+
+    rng = np.random.default_rng(seed)
+    images = [make_image(rng, str(200 + i), num_boxes=3) for i in range(num_images)]
+    paths = write_regions(root / "src", images)
+    splits = ["train"] * (num_images - 2) + ["val", "val"]
+    karpathy = {
+        "dataset": "coco",
+        "images": [
+            {
+                "filepath": "val2014",
+                "filename": f"{im.key}.jpg",
+                "cocoid": int(im.key),
+                "split": split,
+                "sentences": [
+                    {"raw": f"A {im.tags[0]} next to a {im.tags[1]}.", "sentid": int(im.key) * 10},
+                    {"raw": f"There is a {im.tags[2]} here.", "sentid": int(im.key) * 10 + 1},
+                ],
+            }
+            for im, split in zip(images, splits)
+        ],
+    }
+    (root / "src" / "dataset_coco.json").write_text(json.dumps(karpathy))
+    out = root / "caption_data"
+    regions = TsvRegionSource(paths["features"], labels=paths["labels"])
+    build_dataset(CaptionBuilder(regions, [root / "src" / "dataset_coco.json"]), out, progress=False)
+    return out

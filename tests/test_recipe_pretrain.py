@@ -42,7 +42,9 @@ def run(corpus, out, *extra):
 
 
 def test_pretrain_runs_evaluates_exports_and_loads_as_remote_code(corpus, tmp_path):
-    final, result = run(corpus, tmp_path / "run", "--max_train_steps", "3", "--eval_data", str(corpus[0]))
+    final, result = run(
+        corpus, tmp_path / "run", "--max_train_steps", "3", "--eval_data", str(corpus[0]), "--eval_split", "train"
+    )
     assert result.global_step == 3 and result.last_loss is not None
     evals = [h for h in result.history if "eval/contrastive_accuracy" in h]
     assert evals and 0.0 <= evals[-1]["eval/contrastive_accuracy"] <= 1.0
