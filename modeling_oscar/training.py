@@ -68,6 +68,7 @@ class RecipeArguments:
     checkpoints_total_limit: int | None = field(default=None, metadata={"help": "keep at most this many states"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a state folder, or 'latest'"})
     eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (and at the end)"})
+    eval_before_training: bool = field(default=False, metadata={"help": "also evaluate the initial model"})
     metric_for_best: str | None = field(default=None, metadata={"help": "metric that selects the best checkpoint"})
     greater_is_better: bool = True
     logging_steps: int = 10
@@ -415,6 +416,8 @@ def train(
             accelerator.wait_for_everyone()
             save_model(accelerator, model, best_dir)
 
+    if args.eval_before_training and step == 0:
+        run_eval()
     model.train()
     for epoch in range(start_epoch, epochs):
         if hasattr(train_dataloader, "set_epoch"):

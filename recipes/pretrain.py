@@ -82,14 +82,19 @@ def make_evaluate(accelerator, eval_loader):
 
     @torch.no_grad()
     def evaluate(model) -> dict[str, float]:
-        mlm, correct = [], []
+        mlm, contrastive, correct = [], [], []
         for batch in eval_loader:
             out = model(**batch)
             mlm.append(accelerator.gather_for_metrics(out.masked_lm_loss.detach()[None]))
+            contrastive.append(accelerator.gather_for_metrics(out.contrastive_loss.detach()[None]))
             hits = out.contrastive_logits.argmax(-1) == batch["contrastive_labels"]
             correct.append(accelerator.gather_for_metrics(hits))
         hits = torch.cat(correct)
-        return {"masked_lm_loss": torch.cat(mlm).mean().item(), "contrastive_accuracy": hits.float().mean().item()}
+        return {
+            "masked_lm_loss": torch.cat(mlm).mean().item(),
+            "contrastive_loss": torch.cat(contrastive).mean().item(),
+            "contrastive_accuracy": hits.float().mean().item(),
+        }
 
     return evaluate
 

