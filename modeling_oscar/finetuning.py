@@ -98,6 +98,17 @@ def label_vocabulary(path: str | None, model_name_or_path: str | None) -> list[s
     return labels
 
 
+def final_metrics(result: Any) -> dict[str, float] | None:
+    """The metrics a run reports (model card, all_results.json): the best evaluation when
+    `metric_for_best` selected one, else the last evaluation; None without evaluation."""
+    record = result.best_metrics
+    if record is None:
+        evals = [h for h in result.history if any(k.startswith("eval/") for k in h)]
+        record = evals[-1] if evals else {}
+    metrics = {k.removeprefix("eval/"): float(v) for k, v in record.items() if k != "step"}
+    return metrics or None
+
+
 # -------------------------------------------------------------------------------- retrieval
 
 
@@ -174,6 +185,7 @@ __all__ = [
     "FinetuneArguments",
     "build_processor",
     "check_text_length",
+    "final_metrics",
     "label_vocabulary",
     "rerank_recall",
     "tag_overlap_scores",

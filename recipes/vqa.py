@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from oscar_hf import OscarForSequenceClassification
 from oscar_hf.evaluation import vqa_accuracy
-from oscar_hf.finetuning import FinetuneArguments, build_processor, check_text_length, label_vocabulary
+from oscar_hf.finetuning import FinetuneArguments, build_processor, check_text_length, final_metrics, label_vocabulary
 from oscar_hf.processors.task_collators import IndexedRows, OscarClassificationCollator, model_inputs
 from oscar_hf.training import (
     export,
@@ -171,8 +171,7 @@ def main(argv: list[str] | None = None):
         )
     evaluate = make_evaluate(args, accelerator, accelerator.prepare(eval_loader), answers) if eval_loader else None
     model, result = train(args, accelerator, model, train_loader, compute_loss, evaluate=evaluate)
-    metrics = result.best_metrics or (result.history[-1] if evaluate else None)
-    results = {k.removeprefix("eval/"): v for k, v in (metrics or {}).items() if k != "step"} or None
+    results = final_metrics(result)
     final = export(
         accelerator,
         model,

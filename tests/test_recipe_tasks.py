@@ -20,10 +20,11 @@ from conftest import REPO_ROOT
 from recipe_helpers import run_export_in_fresh_process, tiny_overrides, tokenizer_folder
 from test_data_fixtures import make_image, write_regions, write_vqa
 
-from oscar_hf.data import GQABuilder, TsvRegionSource, VQABuilder, build_dataset
+from oscar_hf.data import GQABuilder, NLVR2Builder, TsvRegionSource, VQABuilder, build_dataset
 
 
 sys.path.insert(0, str(REPO_ROOT / "recipes"))
+import nlvr2  # noqa: E402
 import vqa  # noqa: E402
 
 
@@ -128,3 +129,44 @@ def test_vqa_rejects_missing_vocabulary_and_wrong_loss(tmp_path):
     args = vqa.parse_recipe_args(vqa.VQAArguments, ["--task", "gqa", "--config_overrides", '{"loss_type": "bce"}'])
     with pytest.raises(ValueError, match="does not fit --task gqa"):
         vqa.model_config(args, ["a", "b"])
+
+
+# ------------------------------------------------------------------------------------------ NLVR2
+
+
+def test_nlvr2_trains_evaluates_with_consistency_and_exports(tmp_path):
+    src = tmp_path / "src"
+    pairs = ("1-0", "1-1", "2-0")  # set-pair: sentence 0 of set 1 is paired with two image pairs
+    keys = [f"{split}-{pair}-img{i}" for split in ("train", "dev") for pair in pairs for i in (0, 1)]
+    source = regions(src, keys, seed=3)
+    for split in ("train", "dev"):
+        lines = [
+            {"identifier": f"{split}-1-0-0", "sentence": "Two dogs are on a couch.", "label": "True"},
+            {"identifier": f"{split}-1-1-0", "sentence": "Two dogs are on a couch.", "label": "False"},
+            {"identifier": f"{split}-2-0-1", "sentence": "A red car is parked.", "label": "True"},
+        ]
+        (src / f"{split}.json").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    data = tmp_path / "nlvr2"
+    build_dataset(NLVR2Builder(source, {"train": src / "train.json", "dev": src / "dev.json"}), data, progress=False)
+    final, result = nlvr2.main(
+        [
+            "--config", str(REPO_ROOT / "recipes" / "configs" / "nlvr2_base.yaml"), "--model_name_or_path", "none",
+            "--tokenizer_name_or_path", str(tokenizer_folder(tmp_path)),
+            "--config_overrides", tiny_overrides(classifier="mlp", cls_hidden_scale=3, num_choice=2, loss_type="ce"),
+            "--train_data", str(data), "--eval_data", str(data), "--warmup_steps", "1",
+            "--output_dir", str(tmp_path / "run"), "--max_train_steps", "2", *COMMON,
+        ]
+    )  # fmt: skip
+    metrics = result.history[-1]
+    # 3 dev examples of 2 sentences: accuracy in thirds, consistency in halves.
+    assert round(metrics["eval/accuracy"] * 3, 6) in (0, 1, 2, 3) and metrics["eval/consistency"] in (0.0, 0.5, 1.0)
+    assert json.loads((final / "all_results.json").read_text())["accuracy"] == metrics["eval/accuracy"]
+    assert json.loads((final / "processor_config.json").read_text())["max_seq_length"] == 55
+
+    from oscar_hf import OscarForNLVR2
+    from oscar_hf.training import load_processor
+
+    processor = load_processor(str(final))
+    feats = [(np.random.rand(3, 2054), np.random.rand(2, 2054))]
+    inputs = dict(processor.nlvr2(["Two dogs."], region_features=feats))
+    check_export(final, OscarForNLVR2, inputs, tmp_path)

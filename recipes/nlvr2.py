@@ -1,0 +1,116 @@
+"""NLVR2 fine-tuning: the sentence is encoded with each image of the pair, the two pooled outputs
+are concatenated and classified true/false (the original `run_nlvr.py --use_pair`).
+
+    accelerate launch recipes/nlvr2.py --config recipes/configs/nlvr2_base.yaml \\
+        --train_data data/nlvr2 --eval_data data/nlvr2 --eval_split dev --output_dir outputs/nlvr2_base
+    python recipes/nlvr2.py --config recipes/configs/nlvr2_base.yaml ...   # one process
+
+Data: built by `python -m oscar_hf.data build nlvr2` (`sentence`, `labels`, `left_*` / `right_*`
+regions). Lengths default to the original's 55 text tokens and 40 regions per image. Tags are not
+read unless `--use_tags` is given: the released NLVR2 commands did not pass `--use_label_seq`.
+Evaluation reports `accuracy` and `consistency` (all pairs of a sentence right), computed by
+`oscar_hf.evaluation.nlvr2_accuracy`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+
+from oscar_hf import OscarForNLVR2
+from oscar_hf.evaluation import nlvr2_accuracy
+from oscar_hf.finetuning import FinetuneArguments, build_processor, check_text_length, final_metrics
+from oscar_hf.processors.task_collators import IndexedRows, OscarNLVR2Collator, model_inputs
+from oscar_hf.training import (
+    export,
+    load_model,
+    load_split,
+    make_accelerator,
+    parse_recipe_args,
+    train,
+    train_dataloader,
+)
+
+
+@dataclass
+class NLVR2Arguments(FinetuneArguments):
+    use_tags: bool = field(default=False, metadata={"help": "read each image's tags after the sentence"})
+    eval_split: str = "dev"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.max_seq_length = self.max_seq_length or 55
+        self.max_img_seq_length = self.max_img_seq_length or 40
+
+
+def get_dataloaders(args: NLVR2Arguments, processor, accelerator) -> tuple[DataLoader, DataLoader | None]:
+    collator = OscarNLVR2Collator(processor, use_tags=args.use_tags, max_seq_length=args.max_seq_length)
+    with accelerator.main_process_first():
+        train_set = load_split(args.train_data, args.train_split, args.max_train_samples)
+    train_loader = train_dataloader(train_set, args, collator)
+    eval_loader = None
+    if args.eval_data:
+        with accelerator.main_process_first():
+            eval_set = load_split(args.eval_data, args.eval_split, args.max_eval_samples)
+        eval_loader = DataLoader(
+            IndexedRows(eval_set),
+            batch_size=args.per_device_eval_batch_size,
+            collate_fn=collator,
+            num_workers=args.dataloader_num_workers,
+        )
+    return train_loader, eval_loader
+
+
+def compute_loss(model, batch, step: int) -> torch.Tensor:
+    return model(**model_inputs(batch)).loss
+
+
+def make_evaluate(accelerator, eval_loader):
+    """Accuracy, and consistency from the example identifiers (`split-set-pair-sentence`)."""
+    identifiers = eval_loader.dataset.dataset.select_columns(["identifier"])  # rows behind IndexedRows
+
+    @torch.no_grad()
+    def evaluate(model) -> dict[str, float]:
+        rows, predictions, labels = [], [], []
+        for batch in eval_loader:
+            predicted = model(**model_inputs({k: v for k, v in batch.items() if k != "labels"})).logits.argmax(-1)
+            row, predicted, label = accelerator.gather_for_metrics((batch["row_index"], predicted, batch["labels"]))
+            rows += row.tolist()
+            predictions += predicted.tolist()
+            labels += label.tolist()
+        ids = [str(i) for i in identifiers[rows]["identifier"]]
+        return nlvr2_accuracy(predictions, labels, identifiers=ids)
+
+    return evaluate
+
+
+def main(argv: list[str] | None = None):
+    args = parse_recipe_args(NLVR2Arguments, argv)
+    if args.train_data is None:
+        raise ValueError("--train_data is required: a dataset built with `python -m oscar_hf.data build nlvr2`.")
+    accelerator = make_accelerator(args, "oscar-nlvr2")
+    processor = build_processor(args)
+    overrides = {"num_labels": 2, "max_img_seq_length": args.max_img_seq_length, **args.config_dict()}
+    model = load_model(OscarForNLVR2, args.model_name_or_path, **overrides)
+    check_text_length(model.config, args.max_seq_length)
+    train_loader, eval_loader = get_dataloaders(args, processor, accelerator)
+    evaluate = make_evaluate(accelerator, accelerator.prepare(eval_loader)) if eval_loader else None
+    model, result = train(args, accelerator, model, train_loader, compute_loss, evaluate=evaluate)
+    results = final_metrics(result)
+    final = export(
+        accelerator,
+        model,
+        args,
+        "nlvr2",
+        processor=processor,
+        results=results,
+        dataset_name=f"NLVR2 {args.eval_split}",
+    )
+    accelerator.end_training()
+    return final, result
+
+
+if __name__ == "__main__":
+    main()
