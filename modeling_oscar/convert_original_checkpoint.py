@@ -50,6 +50,15 @@ TASK_CLASSES = {
     "nlvr2": OscarForNLVR2,
 }
 HEAD_PREFIXES = ("cls.", "classifier.")
+# Text lengths of the original recipes (VQA 128, NLVR2 55, retrieval 70, pre-training 35).
+DEFAULT_TEXT_LENGTH = {
+    "base": 128,
+    "pretraining": 35,
+    "captioning": 70,
+    "classification": 128,
+    "retrieval": 70,
+    "nlvr2": 55,
+}
 
 # (pattern, replacement) applied in order to every original key.
 _RENAMES = [
@@ -203,6 +212,7 @@ def convert_checkpoint(
     vocab: str | os.PathLike | None = None,
     new_head: bool = False,
     read_training_args_file: bool = False,
+    max_seq_length: int | None = None,
     **config_overrides,
 ) -> torch.nn.Module:
     """Converts `src` for `task`; writes the folder to `out` when given and returns the model."""
@@ -239,11 +249,12 @@ def convert_checkpoint(
             original_decoding=True,
         )
     export_pretrained(model, out)
-    _write_tokenizer(Path(src), out, vocab)
+    tokenizer = _write_tokenizer(Path(src), out, vocab)
+    _write_processor(out, tokenizer, config, max_seq_length or DEFAULT_TEXT_LENGTH[task])
     return model
 
 
-def _write_tokenizer(src: Path, out: Path, vocab: str | os.PathLike | None) -> None:
+def _write_tokenizer(src: Path, out: Path, vocab: str | os.PathLike | None) -> BertTokenizerFast:
     vocab_file = Path(vocab) if vocab is not None else src / "vocab.txt"
     if not vocab_file.is_file():
         raise FileNotFoundError(
@@ -259,6 +270,24 @@ def _write_tokenizer(src: Path, out: Path, vocab: str | os.PathLike | None) -> N
     shutil.copyfile(vocab_file, out / "vocab.txt")
     tokenizer = BertTokenizerFast.from_pretrained(out, do_lower_case=lower)
     tokenizer.save_pretrained(out)
+    return tokenizer
+
+
+def _write_processor(out: Path, tokenizer, config: OscarConfig, max_seq_length: int) -> None:
+    """The `OscarProcessor` matching the converted model (region width, slots, caption layout)."""
+    from .processors import OscarProcessor, OscarRegionFeatureProcessor
+
+    image_processor = OscarRegionFeatureProcessor(
+        region_feature_dim=config.img_feature_dim - 6, max_img_seq_length=config.max_img_seq_length
+    )
+    processor = OscarProcessor(
+        image_processor,
+        tokenizer,
+        max_seq_length=max_seq_length,
+        max_caption_length=config.max_caption_length,
+        max_tag_length=config.max_tag_length,
+    )
+    processor.save_pretrained(out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -276,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-caption-length", type=int, default=None, help="caption slot width (max_seq_a_length)")
     parser.add_argument("--max-tag-length", type=int, default=None, help="tag tokens after the caption slot")
     parser.add_argument("--max-img-seq-length", type=int, default=None, help="region slots")
+    parser.add_argument("--max-seq-length", type=int, default=None, help="processor text length (task default)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     overrides = {
@@ -294,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         vocab=args.vocab,
         new_head=args.new_head,
         read_training_args_file=args.read_training_args,
+        max_seq_length=args.max_seq_length,
         **overrides,
     )
     print(f"Wrote {args.out}")

@@ -153,3 +153,9 @@ def test_command_line_writes_a_loadable_folder(fixture_dir, tmp_path):
     model = AutoModelForImageTextToText.from_pretrained(out, trust_remote_code=True)
     assert getattr(model.generation_config, "original_decoding", False)
     assert AutoTokenizer.from_pretrained(out).convert_tokens_to_ids("[MASK]") == 103
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+    assert processor.max_caption_length == 12 and processor.max_tag_length == 10
+    prompt = processor.caption_prompt(["dog couch"], region_features=[torch.rand(2, 2054)])
+    assert prompt["tag_input_ids"].shape == (1, 10)
