@@ -8,9 +8,12 @@ Two audiences:
 
 from __future__ import annotations
 
+import copy
+import importlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from transformers import (
     AutoConfig,
@@ -33,6 +36,19 @@ from .modeling_oscar import (
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The files a Hub folder needs for the model; they import each other only as `from .x import y`.
 REMOTE_CODE_FILES = ("configuration_oscar.py", "modeling_oscar.py")
+
+# Flat files of `oscar_hf.processors` that a folder with a custom pipeline carries as well.
+PIPELINE_CODE_FILES = ("processing_oscar.py", "image_processing_oscar.py", "detection_oscar.py", "pipeline_oscar.py")
+# Custom pipeline task -> (pipeline class in pipeline_oscar.py, built-in Auto class loading the model, model classes).
+PIPELINE_TASKS = {
+    "oscar-captioning": ("OscarCaptioningPipeline", "AutoModelForImageTextToText", ("OscarForImageCaptioning",)),
+    "oscar-vqa": ("OscarVQAPipeline", "AutoModelForVisualQuestionAnswering", ("OscarForSequenceClassification",)),
+    "oscar-retrieval": (
+        "OscarRetrievalPipeline",
+        "AutoModelForSequenceClassification",
+        ("OscarForImageTextRetrieval",),
+    ),
+}
 
 # Task head -> the Auto class that loads it from an exported folder.
 TASK_AUTO_CLASS = {
@@ -109,12 +125,86 @@ def export_pretrained(
     return out
 
 
+def custom_pipelines_for(task: str) -> dict[str, dict[str, Any]]:
+    """The `config.json` `custom_pipelines` entry of `task`, as `Pipeline.save_pretrained` writes it."""
+    if task not in PIPELINE_TASKS:
+        raise ValueError(f"Unknown pipeline task {task!r}; expected one of {sorted(PIPELINE_TASKS)}.")
+    pipeline_class, auto_class, _ = PIPELINE_TASKS[task]
+    return {task: {"impl": f"pipeline_oscar.{pipeline_class}", "pt": [auto_class], "tf": [], "type": "multimodal"}}
+
+
+def export_pipeline_folder(
+    model: PreTrainedModel,
+    processor: Any,
+    out_dir: str | os.PathLike,
+    task: str | None = None,
+    detector: Any = None,
+    safe_serialization: bool = True,
+) -> Path:
+    """Exports `model` + `processor` as a folder that `pipeline(model=folder, trust_remote_code=True)` runs.
+
+    The folder holds the model files and code (`export_pretrained`), the processor, the flat
+    pipeline code (`pipeline_oscar.py`, `detection_oscar.py`, the processing files) and
+    `custom_pipelines` in `config.json`, so the pipeline loads where this package is absent, on
+    transformers 4.57 and 5.x.
+
+    Args:
+        task: "oscar-captioning", "oscar-vqa" or "oscar-retrieval"; inferred from the model class.
+        detector: what the pipeline runs on raw images. A `TransformersDetector` is saved into the
+            folder's `detector/` subfolder (its thresholds go into the processor config); a string
+            is stored as the processor's `detector_name_or_path` (a folder or Hub repository,
+            relative paths resolved against the model folder); None keeps the processor's
+            reference (none: the pipeline then takes precomputed regions only).
+
+    Example:
+        >>> export_pipeline_folder(captioner, processor, "oscar-tiny-captioning", detector=detector)  # doctest: +SKIP
+        >>> pipeline(model="oscar-tiny-captioning", trust_remote_code=True)("photo.jpg")  # doctest: +SKIP
+    """
+    name = type(model).__name__
+    if task is None:
+        task = next((t for t, (_, _, classes) in PIPELINE_TASKS.items() if name in classes), None)
+        if task is None:
+            raise ValueError(f"{name} has no Oscar pipeline; export it with export_pretrained instead.")
+    entry = custom_pipelines_for(task)
+    if name not in PIPELINE_TASKS[task][2]:
+        raise ValueError(f"Task {task!r} expects a {' or '.join(PIPELINE_TASKS[task][2])}, got {name}.")
+    if processor is None or not hasattr(processor, "caption_prompt"):
+        raise ValueError(f"export_pipeline_folder needs an OscarProcessor, got {type(processor).__name__}.")
+    out = Path(out_dir)
+    processor = copy.copy(processor)  # the detector reference is written to the copy only
+    if detector is not None and hasattr(detector, "model") and hasattr(detector, "image_processor"):
+        detector.model.save_pretrained(out / "detector", safe_serialization=safe_serialization)
+        detector.image_processor.save_pretrained(out / "detector")
+        processor.detector_name_or_path = "detector"
+        processor.detector_score_threshold = float(detector.score_threshold)
+        processor.detector_min_boxes = int(detector.min_boxes)
+        processor.detector_max_boxes = int(detector.max_boxes)
+        processor.detector_nms_threshold = detector.nms_threshold
+    elif isinstance(detector, (str, os.PathLike)):
+        processor.detector_name_or_path = os.fspath(detector)
+    elif detector is not None:
+        raise ValueError(
+            f"detector={type(detector).__name__}; pass a TransformersDetector (saved into the folder) or the path / "
+            "Hub id of an AutoModelForObjectDetection checkpoint. Other callables are given to pipeline(..., "
+            "detector=...) at load time."
+        )
+    model.config.custom_pipelines = entry
+    export_pretrained(model, out, processor=processor, safe_serialization=safe_serialization)
+    source = Path(importlib.import_module("oscar_hf.processors.pipeline_oscar").__file__).parent
+    copy_remote_code(out, extra_files=tuple(source / file for file in PIPELINE_CODE_FILES))
+    return out
+
+
 __all__ = [
     "AUTO_MAP",
+    "PIPELINE_CODE_FILES",
+    "PIPELINE_TASKS",
     "REMOTE_CODE_FILES",
     "TASK_AUTO_CLASS",
     "auto_map_for",
     "copy_remote_code",
+    "custom_pipelines_for",
+    "export_pipeline_folder",
     "export_pretrained",
     "register_auto_classes",
 ]

@@ -117,6 +117,12 @@ class OscarProcessor(ProcessorMixin):
         max_tag_length: tag tokens plus their `[SEP]` after the caption slot (30).
         text_padding: "max_length" pads to the fixed lengths (the original), "longest" to the
             longest row of the batch (classification layouts and tag prompts).
+        detector_name_or_path: the object detector the pipelines run on raw images (an
+            `AutoModelForObjectDetection` folder or Hub repository). A relative path is resolved
+            against the model folder, so an exported folder can carry its detector in `detector/`.
+            Only a reference: the processor never loads it (the pipelines do, lazily).
+        detector_score_threshold, detector_min_boxes, detector_max_boxes, detector_nms_threshold:
+            the detector's box selection (VinVL: 0.2, 10, 100, no NMS), see `select_detections`.
 
     Region inputs (every method): `regions=` a list of detector outputs (mappings with `features`,
     `boxes`, `image_size` and optionally `tags`), or `region_features=` with `boxes=` and
@@ -143,6 +149,11 @@ class OscarProcessor(ProcessorMixin):
         max_caption_length: int = 40,
         max_tag_length: int = 30,
         text_padding: str = "max_length",
+        detector_name_or_path: str | None = None,
+        detector_score_threshold: float = 0.2,
+        detector_min_boxes: int = 10,
+        detector_max_boxes: int = 100,
+        detector_nms_threshold: float | None = None,
         **kwargs: Any,
     ) -> None:
         if image_processor is None:
@@ -166,6 +177,18 @@ class OscarProcessor(ProcessorMixin):
         self.max_caption_length = int(max_caption_length)
         self.max_tag_length = int(max_tag_length)
         self.text_padding = text_padding
+        if detector_name_or_path is not None and not isinstance(detector_name_or_path, str):
+            detector_name_or_path = str(detector_name_or_path)  # a PathLike must serialise to JSON
+        if not 0 <= int(detector_min_boxes) <= int(detector_max_boxes) or int(detector_max_boxes) < 1:
+            raise ValueError(
+                f"detector_min_boxes={detector_min_boxes}, detector_max_boxes={detector_max_boxes}; expected "
+                "0 <= min <= max and max >= 1."
+            )
+        self.detector_name_or_path = detector_name_or_path
+        self.detector_score_threshold = float(detector_score_threshold)
+        self.detector_min_boxes = int(detector_min_boxes)
+        self.detector_max_boxes = int(detector_max_boxes)
+        self.detector_nms_threshold = None if detector_nms_threshold is None else float(detector_nms_threshold)
         super().__init__(image_processor, tokenizer, **kwargs)
 
     # -- helpers -------------------------------------------------------------------------------

