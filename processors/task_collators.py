@@ -237,6 +237,35 @@ def retrieval_pairs(images: Any) -> list[tuple[int, int]]:
     return [(row, cap) for row, texts in enumerate(images["captions"]) for cap in range(len(texts))]
 
 
+class ScoringPairs(torch.utils.data.Dataset):
+    """(image_row, caption_number) pairs to score: the full grid, image by image, or given pairs.
+
+    The grid is computed on access, so a COCO 5K evaluation (125M pairs) costs no memory up front.
+
+    Example:
+        >>> pairs = ScoringPairs.grid(2, 3)
+        >>> len(pairs), pairs[4]
+        (6, (1, 1))
+    """
+
+    def __init__(self, pairs: np.ndarray | None = None, num_texts: int | None = None, num_images: int | None = None):
+        self.pairs = None if pairs is None else np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        self.num_images, self.num_texts = num_images, num_texts
+
+    @classmethod
+    def grid(cls, num_images: int, num_texts: int) -> ScoringPairs:
+        return cls(None, num_texts=num_texts, num_images=num_images)
+
+    def __len__(self) -> int:
+        return len(self.pairs) if self.pairs is not None else self.num_images * self.num_texts
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        if self.pairs is not None:
+            image, text = self.pairs[index]
+            return int(image), int(text)
+        return divmod(int(index), self.num_texts)
+
+
 class OscarRetrievalPairCollator:
     """(image_row, caption_number) pairs -> inputs for scoring, with `pair_index` (B, 2) kept.
 
@@ -276,6 +305,7 @@ __all__ = [
     "OscarNLVR2Collator",
     "OscarRetrievalPairCollator",
     "OscarRetrievalTrainCollator",
+    "ScoringPairs",
     "caption_table",
     "model_inputs",
     "retrieval_pairs",
