@@ -99,14 +99,13 @@ def label_vocabulary(path: str | None, model_name_or_path: str | None) -> list[s
 
 
 def final_metrics(result: Any) -> dict[str, float] | None:
-    """The metrics a run reports (model card, all_results.json): the best evaluation when
-    `metric_for_best` selected one, else the last evaluation; None without evaluation."""
-    record = result.best_metrics
-    if record is None:
-        evals = [h for h in result.history if any(k.startswith("eval/") for k in h)]
-        record = evals[-1] if evals else {}
-    metrics = {k.removeprefix("eval/"): float(v) for k, v in record.items() if k != "step"}
-    return metrics or None
+    """The metrics of the exported weights (model card, all_results.json): the last evaluation,
+    which `train` runs after the last step. The best checkpoint (`output_dir/best`, chosen by
+    `metric_for_best`) may score higher, but the final folder holds the last weights."""
+    evals = [h for h in result.history if any(k.startswith("eval/") for k in h)]
+    if not evals:
+        return None
+    return {k.removeprefix("eval/"): float(v) for k, v in evals[-1].items() if k != "step"}
 
 
 # -------------------------------------------------------------------------------- retrieval
