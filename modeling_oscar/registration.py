@@ -133,6 +133,28 @@ def custom_pipelines_for(task: str) -> dict[str, dict[str, Any]]:
     return {task: {"impl": f"pipeline_oscar.{pipeline_class}", "pt": [auto_class], "tf": [], "type": "multimodal"}}
 
 
+def register_pipelines() -> None:
+    """Registers the three pipeline tasks with `transformers.pipelines.PIPELINE_REGISTRY` (idempotent).
+
+    For pip-installed use without an exported folder, e.g.
+    `pipeline("oscar-vqa", model=model, processor=processor, detector=detector)` with objects in
+    memory. Exported folders need no registration: their `config.json` names the pipeline code.
+    """
+    import transformers
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    module = importlib.import_module("oscar_hf.processors.pipeline_oscar")
+    for task, (class_name, auto_class, _) in PIPELINE_TASKS.items():
+        if PIPELINE_REGISTRY.supported_tasks.get(task, {}).get("impl") is getattr(module, class_name):
+            continue
+        PIPELINE_REGISTRY.register_pipeline(
+            task,
+            pipeline_class=getattr(module, class_name),
+            pt_model=getattr(transformers, auto_class),
+            type="multimodal",
+        )
+
+
 def export_pipeline_folder(
     model: PreTrainedModel,
     processor: Any,
@@ -207,4 +229,5 @@ __all__ = [
     "export_pipeline_folder",
     "export_pretrained",
     "register_auto_classes",
+    "register_pipelines",
 ]

@@ -31,7 +31,12 @@ from oscar_hf.hub import usage_snippet
 from oscar_hf.processors import OscarProcessor, OscarRegionFeatureProcessor
 from oscar_hf.processors.detectors import TransformersDetector, load_rgb_image, to_rgb
 from oscar_hf.processors.tag_vocab import load_tag_vocabulary
-from oscar_hf.registration import PIPELINE_CODE_FILES, export_pipeline_folder
+from oscar_hf.registration import (
+    PIPELINE_CODE_FILES,
+    custom_pipelines_for,
+    export_pipeline_folder,
+    register_pipelines,
+)
 
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -161,6 +166,25 @@ def test_exported_folder_layout(folders):
     allowed = set(sys.stdlib_module_names) | {"numpy", "torch", "PIL", "transformers"}
     for name in PIPELINE_CODE_FILES:
         assert set(get_imports(folders["oscar-vqa"] / name)) <= allowed, name
+
+
+def test_registry_pipelines_on_objects_in_memory(tokenizer, photos, tmp_path):
+    """pip users: register once, then build a pipeline from a model, processor and detector in memory."""
+    register_pipelines()
+    register_pipelines()  # idempotent
+    model = build_models(tokenizer)["oscar-vqa"]
+    vqa = pipeline(
+        "oscar-vqa", model=model, processor=tiny_processor(tokenizer), detector=tiny_detector(), device="cpu"
+    )
+    assert type(vqa).__name__ == "OscarVQAPipeline" and len(vqa(photos[0], question="is it red?", top_k=2)) == 2
+    # What Pipeline.save_pretrained writes for a registered task is what export_pipeline_folder writes
+    # (4.57 adds "tf": [] as well).
+    vqa.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())["custom_pipelines"]
+    expected = custom_pipelines_for("oscar-vqa")
+    assert {k: {f: v for f, v in e.items() if f != "tf"} for k, e in written.items()} == {
+        k: {f: v for f, v in e.items() if f != "tf"} for k, e in expected.items()
+    }
 
 
 # -- captioning ------------------------------------------------------------------------------------
