@@ -376,12 +376,17 @@ def train(
     optimizer = torch.optim.AdamW(
         optimizer_groups(model, args.weight_decay), lr=args.learning_rate, eps=args.adam_epsilon
     )
+    model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
+    # Lengths after prepare: each process sees its shard of the data.
     steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     epochs = math.ceil(max_steps / steps_per_epoch)
-    # The schedule counts optimizer steps; optimizer.step() comes before scheduler.step() below.
-    scheduler = get_linear_schedule_with_warmup(optimizer, args.warmup_steps, max_steps)
-    model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
+    # optimizer.step() comes before scheduler.step() below. The prepared scheduler steps once per
+    # process at every optimizer step, so its lengths are counted in process-steps.
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, args.warmup_steps * accelerator.num_processes, max_steps * accelerator.num_processes
+    )
+    scheduler = accelerator.prepare(scheduler)
     for obj in checkpoint_objects:
         accelerator.register_for_checkpointing(obj)
 

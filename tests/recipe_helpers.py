@@ -182,11 +182,41 @@ def write_synthetic_corpus(root: Path, num_images: int, seed: int = 0) -> Path:
     paths["labels"].rename(folder / "predictions_gt.tsv")
     for name in ("features.tsv", "predictions_gt.tsv"):
         write_lineidx(folder / name)
-    write_tsv(root / "src" / "corpus.tsv", [f"coco_{im.key}\tcoco_{im.key}\t{synthetic_caption(im.tags)}" for im in images])
+    write_tsv(
+        root / "src" / "corpus.tsv", [f"coco_{im.key}\tcoco_{im.key}\t{synthetic_caption(im.tags)}" for im in images]
+    )
     (root / "src" / "corpus.yaml").write_text(
         "corpus: coco\ncorpus_file: corpus.tsv\n"
         "image_label_path:\n  coco: features/coco\nimage_feature_path:\n  coco: features/coco\n"
     )
     out = root / "synthetic_pretrain"
     build_dataset(PretrainCorpusBuilder(read_corpus_yaml(root / "src" / "corpus.yaml")), out, progress=False)
+    return out
+
+
+def write_synthetic_retrieval(root: Path, num_train: int, num_test: int, seed: int = 0) -> Path:
+    """Karpathy-style retrieval split over `synthetic_images` (two captions per image), built to Parquet."""
+    from oscar_hf.data import RetrievalBuilder, TsvRegionSource
+
+    images = synthetic_images(num_train + num_test, seed)
+    paths = write_regions(root / "src", images)
+    entries = []
+    for index, im in enumerate(images):
+        shuffled = im.tags[1:] + im.tags[:1]
+        entries.append(
+            {
+                "filepath": "val2014",
+                "filename": f"{im.key}.jpg",
+                "cocoid": int(im.key),
+                "split": "train" if index < num_train else "test",
+                "sentences": [
+                    {"raw": synthetic_caption(im.tags), "sentid": 10 * int(im.key)},
+                    {"raw": synthetic_caption(shuffled), "sentid": 10 * int(im.key) + 1},
+                ],
+            }
+        )
+    (root / "src" / "dataset_coco.json").write_text(json.dumps({"dataset": "coco", "images": entries}))
+    out = root / "synthetic_retrieval"
+    regions = TsvRegionSource(paths["features"], labels=paths["labels"])
+    build_dataset(RetrievalBuilder(regions, root / "src" / "dataset_coco.json"), out, progress=False)
     return out
