@@ -20,6 +20,7 @@ from transformers import GenerationConfig
 
 from oscar_hf import OscarForImageCaptioning
 from oscar_hf.evaluation import coco_caption_scores
+from oscar_hf.finetuning import final_metrics
 from oscar_hf.processors import OscarCaptioningCollator
 from oscar_hf.scst import CiderReward, caption_log_probs, scst_loss
 from oscar_hf.training import (
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None):
         original_decoding=args.original_decoding,
     )
     final = export(
-        accelerator, model, args, "captioning", processor=processor, results=result.best_metrics, dataset_id="coco"
+        accelerator, model, args, "captioning", processor=processor, results=final_metrics(result), dataset_id="coco"
     )
     accelerator.end_training()
     return final, result

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from oscar_hf import OscarForPreTraining
+from oscar_hf.finetuning import final_metrics
 from oscar_hf.processors import OscarPretrainingCollator
 from oscar_hf.training import (
     RecipeArguments,
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None):
         evaluate=evaluate,
         checkpoint_objects=[collator],
     )
-    final = export(accelerator, model, args, "pretraining", processor=processor, results=result.best_metrics)
+    final = export(accelerator, model, args, "pretraining", processor=processor, results=final_metrics(result))
     accelerator.end_training()
     return final, result
 
