@@ -19,6 +19,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "oscar_original"
 
 
+# Prepended to scripts that load exported folders in a fresh interpreter: makes `import oscar_hf`
+# fail (and checks that it does), so the folder must work as remote code alone.
+BLOCK_PACKAGE = """
+import importlib.abc, json, sys
+class BlockPackage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "oscar_hf" or name.startswith("oscar_hf."):
+            raise ImportError(f"{name} is blocked: remote code must not need the package")
+sys.meta_path.insert(0, BlockPackage())
+try:
+    import oscar_hf  # noqa: F401
+    raise SystemExit("oscar_hf is importable; the test would prove nothing")
+except ImportError:
+    pass
+"""
+
+
 def parity_fixture_dir() -> Path:
     """Folder of the original-implementation fixtures (`OSCAR_PARITY_FIXTURES` overrides)."""
     return Path(os.environ.get("OSCAR_PARITY_FIXTURES", DEFAULT_FIXTURES))

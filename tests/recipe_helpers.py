@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from conftest import parity_fixture_dir
+from conftest import BLOCK_PACKAGE, parity_fixture_dir
 from test_data_fixtures import make_image, write_regions
 
 from oscar_hf.data import PretrainCorpusBuilder, build_dataset, read_corpus_yaml, write_lineidx
@@ -56,18 +56,9 @@ def tiny_overrides(**extra) -> str:
     return json.dumps({**TINY_MODEL, **extra})
 
 
-LOAD_AND_RUN = """
-import importlib.abc, json, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "oscar_hf" or name.startswith("oscar_hf."):
-            raise ImportError(name + " is blocked")
-sys.meta_path.insert(0, Block())
-try:
-    import oscar_hf  # noqa: F401
-    raise SystemExit("oscar_hf is importable")
-except ImportError:
-    pass
+LOAD_AND_RUN = (
+    BLOCK_PACKAGE
+    + """
 import torch, transformers
 from safetensors.torch import load_file
 folder, auto_class, inputs_file = sys.argv[1:4]
@@ -78,6 +69,7 @@ with torch.no_grad():
 logits = out.logits if getattr(out, "logits", None) is not None else out.prediction_logits
 torch.save({"logits": logits, "processor": type(processor).__name__}, inputs_file + ".out")
 """
+)
 
 
 def run_export_in_fresh_process(folder: Path, auto_class: str, inputs: dict, tmp_path: Path) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import BLOCK_PACKAGE, REPO_ROOT
 from PIL import Image
 from transformers import BertTokenizerFast, pipeline
 from transformers.dynamic_module_utils import get_imports
@@ -400,19 +400,8 @@ def test_missing_detector_folder_is_a_clear_error(tokenizer, photos, tmp_path):
 
 # -- fresh processes without the package, transformers 5.x and 4.57 ------------------------------
 
-RUNNER = textwrap.dedent(
+RUNNER = BLOCK_PACKAGE + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "oscar_hf" or name.startswith("oscar_hf."):
-                raise ImportError(f"{name} is blocked: remote code must not need the package")
-    sys.meta_path.insert(0, BlockPackage())
-    try:
-        import oscar_hf  # noqa: F401
-        raise SystemExit("oscar_hf is importable; the test would prove nothing")
-    except ImportError:
-        pass
 
     import transformers
     from transformers import pipeline

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import BLOCK_PACKAGE, REPO_ROOT
 from safetensors.torch import load_file, save_file
 
 from oscar_hf.convert_original_checkpoint import convert_checkpoint
@@ -37,19 +37,8 @@ CASES = {
     "caption_decode": ("captioning", "AutoModelForImageTextToText", "generate"),
 }
 
-LOADER = textwrap.dedent(
+LOADER = BLOCK_PACKAGE + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "oscar_hf" or name.startswith("oscar_hf."):
-                raise ImportError(f"{name} is blocked: remote code must not need the package")
-    sys.meta_path.insert(0, BlockPackage())
-    try:
-        import oscar_hf  # noqa: F401
-        raise SystemExit("oscar_hf is importable; the test would prove nothing")
-    except ImportError:
-        pass
 
     import torch, transformers
     from safetensors.torch import load_file
