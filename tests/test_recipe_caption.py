@@ -91,3 +91,16 @@ def test_scst_stage_updates_the_model_with_cider_advantages(cross_entropy_run, d
     assert any(h.get("loss", 0.0) != 0.0 for h in result.history)
     before, after = load_file(start / "model.safetensors"), load_file(final / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["coco_caption_base", "coco_caption_base_scst", "coco_caption_large", "coco_caption_large_scst",
+     "vinvl_caption_base", "vinvl_caption_large"],
+)  # fmt: skip
+def test_caption_configs_parse(config):
+    args = caption.parse_recipe_args(
+        caption.CaptionArguments, ["--config", str(REPO_ROOT / "recipes" / "configs" / f"{config}.yaml")]
+    )
+    assert (args.max_seq_length, args.max_img_seq_length, args.max_gen_length, args.num_beams) == (70, 50, 20, 5)
+    assert args.scst == config.endswith("scst")

@@ -84,3 +84,12 @@ def test_resume_from_checkpoint_ends_with_identical_weights(corpus, tmp_path):
     assert expected.keys() == got.keys()
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0, msg=key)
+
+
+@pytest.mark.parametrize("config", ["oscar_base", "oscar_plus_base", "oscar_plus_large"])
+def test_pretraining_configs_parse(config):
+    args = pretrain.parse_recipe_args(
+        pretrain.PretrainArguments, ["--config", str(REPO_ROOT / "recipes" / "configs" / f"{config}.yaml")]
+    )
+    assert (args.max_seq_length, args.max_img_seq_length) == (35, 50)
+    assert args.config_dict()["num_contrast_classes"] == (2 if config == "oscar_base" else 3)
