@@ -171,6 +171,16 @@ def train_dataloader(dataset, args: RecipeArguments, collate_fn: Callable) -> to
     )
 
 
+def eval_dataloader(dataset, args: RecipeArguments, collate_fn: Callable) -> torch.utils.data.DataLoader:
+    """Evaluation loader in dataset order (pass it through `accelerator.prepare` to shard it)."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.per_device_eval_batch_size,
+        collate_fn=collate_fn,
+        num_workers=args.dataloader_num_workers,
+    )
+
+
 def load_processor(name_or_path: str, max_img_seq_length: int | None = None, **processor_kwargs):
     """The `OscarProcessor` saved in `name_or_path`, or one built around the tokenizer found there
     (an original checkpoint's vocab.txt, a BERT folder). Keyword arguments override the lengths."""
@@ -541,6 +551,7 @@ __all__ = [
     "ResumableCollator",
     "RecipeArguments",
     "TrainResult",
+    "eval_dataloader",
     "export",
     "latest_checkpoint",
     "load_model",

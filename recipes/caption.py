@@ -26,6 +26,7 @@ from oscar_hf.scst import CiderReward, caption_log_probs, scst_loss
 from oscar_hf.training import (
     RecipeArguments,
     ResumableCollator,
+    eval_dataloader,
     export,
     load_model,
     load_processor,
@@ -199,9 +200,7 @@ def main(argv: list[str] | None = None):
     evaluate = None
     if args.eval_data:
         eval_set = with_row_index(load_split(args.eval_data, args.eval_split, args.max_eval_samples))
-        eval_loader = torch.utils.data.DataLoader(
-            eval_set, batch_size=args.per_device_eval_batch_size, collate_fn=PromptCollator(processor)
-        )
+        eval_loader = eval_dataloader(eval_set, args, PromptCollator(processor))
         evaluate = make_evaluate(accelerator, accelerator.prepare(eval_loader), eval_set, processor, args)
 
     model, result = train(

@@ -24,6 +24,7 @@ from oscar_hf.evaluation import nlvr2_accuracy
 from oscar_hf.finetuning import FinetuneArguments, build_processor, check_text_length, final_metrics
 from oscar_hf.processors.task_collators import IndexedRows, OscarNLVR2Collator, model_inputs
 from oscar_hf.training import (
+    eval_dataloader,
     export,
     load_model,
     load_split,
@@ -54,12 +55,7 @@ def get_dataloaders(args: NLVR2Arguments, processor, accelerator) -> tuple[DataL
     if args.eval_data:
         with accelerator.main_process_first():
             eval_set = load_split(args.eval_data, args.eval_split, args.max_eval_samples)
-        eval_loader = DataLoader(
-            IndexedRows(eval_set),
-            batch_size=args.per_device_eval_batch_size,
-            collate_fn=collator,
-            num_workers=args.dataloader_num_workers,
-        )
+        eval_loader = eval_dataloader(IndexedRows(eval_set), args, collator)
     return train_loader, eval_loader
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader
 
 from oscar_hf import OscarForPreTraining
 from oscar_hf.finetuning import final_metrics
@@ -23,6 +22,7 @@ from oscar_hf.processors import OscarPretrainingCollator
 from oscar_hf.training import (
     RecipeArguments,
     ResumableCollator,
+    eval_dataloader,
     export,
     load_model,
     load_processor,
@@ -70,7 +70,7 @@ def get_dataloaders(args: PretrainArguments, processor, num_classes: int, genera
             generator=torch.Generator().manual_seed(args.seed + 1),
             max_seq_length=args.max_seq_length,
         )
-        eval_loader = DataLoader(eval_set, batch_size=args.per_device_eval_batch_size, collate_fn=eval_collator)
+        eval_loader = eval_dataloader(eval_set, args, eval_collator)
     return train_loader, eval_loader
 
 
