@@ -1,6 +1,7 @@
-"""Pieces the fine-tuning recipes (VQA/GQA, NLVR2, retrieval) share on top of `oscar_hf.training`.
+"""Pieces the task recipes (pre-training, captioning, VQA/GQA, NLVR2, retrieval) share on top of
+`oscar_hf.training`.
 
-- `FinetuneArguments`: the fields every fine-tuning recipe adds (tokenizer, lengths, splits);
+- `FinetuneArguments`: the fields every task recipe adds (tokenizer, text and region lengths);
 - `build_processor`: the `OscarProcessor` of a run (from the model folder or a tokenizer folder);
 - `label_vocabulary`: an answer list from a file or from a fine-tuned model's `id2label`;
 - retrieval evaluation with re-ranking: `tag_overlap_scores` (the built-in cheap first stage),
@@ -27,7 +28,7 @@ from .training import RecipeArguments, load_processor
 
 @dataclass
 class FinetuneArguments(RecipeArguments):
-    """`RecipeArguments` + what every fine-tuning recipe reads: tokenizer, lengths and split names.
+    """`RecipeArguments` + what every task recipe reads: tokenizer and lengths (recipes set the defaults).
 
     `--model_name_or_path none` overrides a YAML's checkpoint with a random initialisation.
     """
@@ -37,8 +38,6 @@ class FinetuneArguments(RecipeArguments):
     )
     max_seq_length: int | None = field(default=None, metadata={"help": "text tokens (question/caption + tags)"})
     max_img_seq_length: int | None = field(default=None, metadata={"help": "regions per image"})
-    train_split: str = field(default="train", metadata={"help": "split of train_data to train on"})
-    eval_split: str = field(default="val", metadata={"help": "split of eval_data to evaluate on"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -51,10 +50,11 @@ class FinetuneArguments(RecipeArguments):
                 raise ValueError(f"{name}={value}; expected a positive length.")
 
 
-def build_processor(args: FinetuneArguments):
+def build_processor(args: FinetuneArguments, **processor_kwargs: Any):
     """The run's `OscarProcessor`: the one saved in the model folder, else one around its tokenizer.
 
-    The processor carries the task lengths, so the exported folder preprocesses like training did.
+    The processor carries the task lengths (plus `processor_kwargs`, e.g. the caption layout), so
+    the exported folder preprocesses like training did.
     """
     source = args.tokenizer_name_or_path or args.model_name_or_path
     if source is None:
@@ -64,7 +64,9 @@ def build_processor(args: FinetuneArguments):
         )
     if not Path(source).is_dir():
         raise ValueError(f"tokenizer folder {source!r} does not exist; pass a folder holding vocab.txt.")
-    return load_processor(source, max_img_seq_length=args.max_img_seq_length, max_seq_length=args.max_seq_length)
+    return load_processor(
+        source, max_img_seq_length=args.max_img_seq_length, max_seq_length=args.max_seq_length, **processor_kwargs
+    )
 
 
 def check_text_length(config: Any, max_seq_length: int) -> None:

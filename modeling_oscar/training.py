@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -49,7 +50,7 @@ class RecipeArguments:
     eval_data: str | None = field(default=None, metadata={"help": "Parquet file/folder/glob of the evaluation set"})
     max_train_samples: int | None = field(default=None, metadata={"help": "truncate the training set (debugging)"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "truncate the evaluation set"})
-    train_split: str = "train"
+    train_split: str = field(default="train", metadata={"help": "split of train_data to train on"})
     eval_split: str = field(default="val", metadata={"help": "split of eval_data to evaluate on (val, test, ...)"})
     learning_rate: float = 5e-5
     weight_decay: float = 0.05
@@ -355,8 +356,6 @@ def _save_state(accelerator, args: RecipeArguments, step: int) -> None:
     if accelerator.is_main_process and args.checkpoints_total_limit:
         states = sorted(folder.glob("step_*"), key=lambda p: int(p.name.split("_")[-1]))
         for old in states[: -args.checkpoints_total_limit]:
-            import shutil
-
             shutil.rmtree(old)
 
 

@@ -20,16 +20,14 @@ from transformers import GenerationConfig
 
 from oscar_hf import OscarForImageCaptioning
 from oscar_hf.evaluation import coco_caption_scores
-from oscar_hf.finetuning import final_metrics
+from oscar_hf.finetuning import FinetuneArguments, build_processor, final_metrics
 from oscar_hf.processors import OscarCaptioningCollator
 from oscar_hf.scst import CiderReward, caption_log_probs, scst_loss
 from oscar_hf.training import (
-    RecipeArguments,
     ResumableCollator,
     eval_dataloader,
     export,
     load_model,
-    load_processor,
     load_split,
     make_accelerator,
     parse_recipe_args,
@@ -39,11 +37,10 @@ from oscar_hf.training import (
 
 
 @dataclass
-class CaptionArguments(RecipeArguments):
-    tokenizer_name_or_path: str | None = None  # defaults to model_name_or_path
-    max_seq_length: int = 70  # caption slot + tags
+class CaptionArguments(FinetuneArguments):
+    max_seq_length: int | None = 70  # caption slot + tags
     max_caption_length: int = 40
-    max_img_seq_length: int = 50
+    max_img_seq_length: int | None = 50
     mask_probability: float = 0.15
     max_masked_tokens: int = 3
     num_beams: int = 5
@@ -159,16 +156,8 @@ def main(argv: list[str] | None = None):
     if args.train_data is None:
         raise ValueError("--train_data is required: a dataset built with `python -m oscar_hf.data build caption`.")
     accelerator = make_accelerator(args, "oscar-caption-scst" if args.scst else "oscar-caption")
-    tokenizer_source = args.tokenizer_name_or_path or args.model_name_or_path
-    if tokenizer_source is None:
-        raise ValueError("Pass --tokenizer_name_or_path (e.g. a bert-base-uncased folder) when starting from scratch.")
     tag_length = args.max_seq_length - args.max_caption_length
-    processor = load_processor(
-        tokenizer_source,
-        max_img_seq_length=args.max_img_seq_length,
-        max_caption_length=args.max_caption_length,
-        max_tag_length=tag_length,
-    )
+    processor = build_processor(args, max_caption_length=args.max_caption_length, max_tag_length=tag_length)
     config = {
         "max_caption_length": args.max_caption_length,
         "max_tag_length": tag_length,

@@ -17,15 +17,13 @@ from dataclasses import dataclass
 import torch
 
 from oscar_hf import OscarForPreTraining
-from oscar_hf.finetuning import final_metrics
+from oscar_hf.finetuning import FinetuneArguments, build_processor, final_metrics
 from oscar_hf.processors import OscarPretrainingCollator
 from oscar_hf.training import (
-    RecipeArguments,
     ResumableCollator,
     eval_dataloader,
     export,
     load_model,
-    load_processor,
     load_split,
     make_accelerator,
     parse_recipe_args,
@@ -35,10 +33,9 @@ from oscar_hf.training import (
 
 
 @dataclass
-class PretrainArguments(RecipeArguments):
-    tokenizer_name_or_path: str | None = None  # defaults to model_name_or_path
-    max_seq_length: int = 35
-    max_img_seq_length: int = 50
+class PretrainArguments(FinetuneArguments):
+    max_seq_length: int | None = 35
+    max_img_seq_length: int | None = 50
     mlm_probability: float = 0.15
     texta_false_prob: float = 0.25  # Oscar+: 25% of pairs get a polluted caption/question (label 2)
     mask_polluted_text_b: bool = True
@@ -105,12 +102,7 @@ def main(argv: list[str] | None = None):
     if args.train_data is None:
         raise ValueError("--train_data is required: a corpus built with `python -m oscar_hf.data build pretrain`.")
     accelerator = make_accelerator(args, "oscar-pretrain")
-    tokenizer_source = args.tokenizer_name_or_path or args.model_name_or_path
-    if tokenizer_source is None:
-        raise ValueError("Pass --tokenizer_name_or_path (e.g. a bert-base-uncased folder) when starting from scratch.")
-    processor = load_processor(
-        tokenizer_source, max_img_seq_length=args.max_img_seq_length, max_seq_length=args.max_seq_length
-    )
+    processor = build_processor(args)
     config = {"max_img_seq_length": args.max_img_seq_length, **args.config_dict()}
     model = load_model(OscarForPreTraining, args.model_name_or_path, **config)
     generator = torch.Generator().manual_seed(args.seed)
