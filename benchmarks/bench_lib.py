@@ -109,16 +109,28 @@ def _first_word_id(size: ModelSize) -> int:
 
 
 def trunk_inputs(
-    batch: int, text_len: int, regions: int, size: ModelSize, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    batch: int,
+    text_len: int,
+    regions: int,
+    size: ModelSize,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    max_real_text: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """VQA-like inputs: `[CLS] question [SEP] tags [SEP]` padded to `text_len`, then `regions` regions.
 
-    Real lengths vary per row so the padding mask is exercised, as in a padded VQA batch; dense
-    kernels compute padded positions anyway, so speed does not depend on the lengths.
+    Real text lengths are drawn uniformly from [max_real_text // 2, max_real_text] (default
+    [text_len // 4, text_len]), and the first row gets exactly `max_real_text` tokens, so the
+    longest row of the batch is known. Dense kernels compute padded positions anyway; only
+    `skip_padding` makes speed depend on the lengths (through the longest row).
     """
     g = torch.Generator().manual_seed(0)
     input_ids = torch.randint(_first_word_id(size), size.vocab, (batch, text_len), generator=g)
-    lengths = torch.randint(max(2, text_len // 4), text_len + 1, (batch,), generator=g)
+    if max_real_text is None:
+        lengths = torch.randint(max(2, text_len // 4), text_len + 1, (batch,), generator=g)
+    else:
+        lengths = torch.randint(max(2, max_real_text // 2), max_real_text + 1, (batch,), generator=g)
+        lengths[0] = max_real_text
     attention_mask = (torch.arange(text_len)[None, :] < lengths[:, None]).long()
     input_ids = input_ids * attention_mask
     token_type_ids = (torch.arange(text_len)[None, :] >= text_len // 2).long().expand(batch, -1).contiguous()

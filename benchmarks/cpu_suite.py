@@ -49,6 +49,9 @@ class CpuPlan:
     trunk_text: int = 128
     trunk_regions: int = 50
     trunk_reps: int = 3
+    # Padding section: same layout, the longest real text row of the batch at each of these lengths.
+    padding_max_real_points: list[int] = field(default_factory=lambda: [32, 64, 96, 128])
+    padding_reps: int = 3
     decode_batch: int = 8
     decode_beams: int = 5
     decode_max_length: int = 20
@@ -78,6 +81,8 @@ class CpuPlan:
             trunk_text=16,
             trunk_regions=10,
             trunk_reps=2,
+            padding_max_real_points=[8, 16],
+            padding_reps=1,
             decode_batch=2,
             decode_beams=2,
             decode_max_length=6,
@@ -179,6 +184,71 @@ def bench_trunk(plan: CpuPlan) -> dict[str, Any]:
             "sdpa_eager_max_abs_diff": max_diff,
         }
     return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Padded VQA batches: skipping masked positions vs computing them
+# ----------------------------------------------------------------------------------------------
+
+
+def bench_padding(plan: CpuPlan) -> dict[str, Any]:
+    """fp32 trunk forward on padded batches (text padded to `trunk_text`, all regions real), as the
+    classification, retrieval and NLVR2 heads run it (`skip_padding`), vs the dense trunk and
+    VisualBERT on the same batch. The packed length is the longest real row, so it is swept."""
+    from oscar_hf import OscarModel
+
+    size = plan.size
+    torch.manual_seed(0)
+    ours = OscarModel(oscar_config(size, max_regions=plan.trunk_regions)).eval()
+    peer = visualbert_model(size).eval()
+    dense_flops = plan.trunk_batch * trunk_forward_flops(size, plan.trunk_text, plan.trunk_regions)
+    points = []
+    for max_real in plan.padding_max_real_points:
+        inputs = trunk_inputs(plan.trunk_batch, plan.trunk_text, plan.trunk_regions, size, max_real_text=max_real)
+        peer_inputs = visualbert_inputs(inputs)
+
+        def run_ours(skip: bool, inputs: dict[str, torch.Tensor] = inputs) -> torch.Tensor:
+            with torch.inference_mode():
+                return ours(**inputs, skip_padding=skip).pooler_output
+
+        def run_peer(peer_inputs: dict[str, torch.Tensor] = peer_inputs) -> torch.Tensor:
+            with torch.inference_mode():
+                return peer(**peer_inputs).pooler_output
+
+        max_diff = (run_ours(True) - run_ours(False)).abs().max().item()
+        times = interleaved(
+            {
+                "ours_sdpa_skip_padding": lambda: run_ours(True),
+                "ours_sdpa_dense": lambda: run_ours(False),
+                "visualbert_eager": run_peer,
+            },
+            reps=plan.padding_reps,
+            warmup=1,
+        )
+        real_text = int(inputs["attention_mask"].sum())
+        points.append(
+            {
+                "max_real_text": max_real,
+                "mean_real_text": real_text / plan.trunk_batch,
+                "packed_length": max_real + plan.trunk_regions,
+                "dense_length": plan.trunk_text + plan.trunk_regions,
+                "median_s": {name: median(t) for name, t in times.items()},
+                "examples_per_s": {name: plan.trunk_batch / median(t) for name, t in times.items()},
+                # Useful work: the packed sequence's FLOPs; the dense variants compute the padding too.
+                "packed_gflop_per_example": trunk_forward_flops(size, max_real, plan.trunk_regions) / 1e9,
+                "dense_gflop_per_example": dense_flops / plan.trunk_batch / 1e9,
+                "speedup_skip_vs_visualbert": paired_ratio(times["visualbert_eager"], times["ours_sdpa_skip_padding"]),
+                "speedup_skip_vs_dense": paired_ratio(times["ours_sdpa_dense"], times["ours_sdpa_skip_padding"]),
+                "pooled_max_abs_diff_skip_vs_dense": max_diff,
+            }
+        )
+    return {
+        "batch": plan.trunk_batch,
+        "text_len": plan.trunk_text,
+        "regions": plan.trunk_regions,
+        "reps": plan.padding_reps,
+        "points": points,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -478,18 +548,25 @@ def _plot_scaling(sweeps: dict[str, list[dict[str, Any]]], path: Path) -> str:
 CHILD_TASKS = {"train_memory": child_train_memory, "forward_points": child_forward_points}
 
 
-def run_cpu_suite(quick: bool, out_dir: Path, log: Any = print) -> dict[str, Any]:
-    """All CPU sections in order; a failing section is recorded and the others still run."""
+def run_cpu_suite(quick: bool, out_dir: Path, log: Any = print, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The CPU sections in order (all, or those named in `only`); a failing section is recorded
+    and the others still run."""
     plan = CpuPlan.quick() if quick else CpuPlan()
     sections: dict[str, Any] = {"plan": asdict(plan)}
-    steps = (
-        ("trunk", lambda: bench_trunk(plan)),
-        ("decoding", lambda: bench_decoding(plan)),
-        ("training", lambda: bench_training(plan)),
-        ("data", lambda: bench_data(quick, out_dir)),
-        ("scaling", lambda: bench_scaling(plan, out_dir)),
-    )
-    for name, fn in steps:
+    steps = {
+        "trunk": lambda: bench_trunk(plan),
+        "padding": lambda: bench_padding(plan),
+        "decoding": lambda: bench_decoding(plan),
+        "training": lambda: bench_training(plan),
+        "data": lambda: bench_data(quick, out_dir),
+        "scaling": lambda: bench_scaling(plan, out_dir),
+    }
+    unknown = sorted(set(only or ()) - set(steps))
+    if unknown:
+        raise ValueError(f"Unknown CPU sections {unknown}; choose from {', '.join(steps)}.")
+    for name, fn in steps.items():
+        if only is not None and name not in only:
+            continue
         start = time.perf_counter()
         log(f"[cpu] {name} ...")
         try:

@@ -2,6 +2,7 @@
 
     python benchmarks/run.py --suite cpu            # full CPU suite (about 15-20 min on 2 cores)
     python benchmarks/run.py --suite cpu --quick    # tiny sizes, a smoke test (< 1 min)
+    python benchmarks/run.py --suite cpu --only padding,decoding   # some CPU sections only
     python benchmarks/run.py --suite gpu            # CUDA device, bf16 (< 8 min on an H100/H200)
 
 Prints a table and writes `<out>/results_<suite>.json` and `<out>/results_<suite>.md` (and
@@ -122,7 +123,38 @@ def render_cpu(sections: dict[str, Any], targets: list[dict[str, Any]]) -> str:
         ]  # fmt: skip
         out.append("\nPaired speed-ups (median of per-rep time ratios):\n")
         out.append(
-            md_table(["dtype", "SDPA vs VisualBERT", "SDPA vs eager", "eager vs VisualBERT", "max |SDPA-eager|"], rows)
+            md_table(
+                ["dtype", "SDPA vs VisualBERT", "SDPA vs eager", "eager vs VisualBERT", "max abs SDPA-eager diff"],
+                rows,
+            )
+        )
+    pad = sections.get("padding", {})
+    if "points" in pad:
+        out.append(
+            f"\n### Padded batches (batch {pad['batch']}, text padded to {pad['text_len']} + {pad['regions']} regions, "
+            f"fp32; `skip_padding` as the pooled heads run it; median of {pad['reps']} interleaved reps)\n"
+        )
+        rows = [
+            [p["max_real_text"], p["mean_real_text"], p["packed_length"], p["examples_per_s"]["ours_sdpa_skip_padding"],
+             p["examples_per_s"]["ours_sdpa_dense"], p["examples_per_s"]["visualbert_eager"],
+             p["speedup_skip_vs_visualbert"], p["speedup_skip_vs_dense"], f"{p['pooled_max_abs_diff_skip_vs_dense']:.1e}"]
+            for p in pad["points"]
+        ]  # fmt: skip
+        out.append(
+            md_table(
+                [
+                    "longest text row",
+                    "mean text row",
+                    "packed length",
+                    "skip ex/s",
+                    "dense ex/s",
+                    "VisualBERT ex/s",
+                    "skip vs VisualBERT",
+                    "skip vs dense",
+                    "pooled max abs diff",
+                ],
+                rows,
+            )
         )
     dec = sections.get("decoding", {})
     if "variants" in dec:
@@ -157,7 +189,8 @@ def render_cpu(sections: dict[str, Any], targets: list[dict[str, Any]]) -> str:
             f"\nCheckpointing slow-down: {tr['slowdown_checkpointing']:.2f}x; memory saved: {fmt(tr['memory_saving_mb'], 0)} MiB"
         )
     data = sections.get("data", {})
-    out.append(f"\n### Data (Parquet vs TSV+base64)\n\n{data.get('status', '-')}")
+    if data:
+        out.append(f"\n### Data (Parquet vs TSV+base64)\n\n{data.get('status', '-')}")
     if data.get("status") == "ok":
         # The data script prints its own table; keep it as it is.
         out.append(f"\n`{data['command']}`\n\n" + data["stdout_tail"].split("\nwrote ")[0].strip())
@@ -211,12 +244,19 @@ def main(argv: list[str] | None = None) -> int:
         "--device", default="cuda", help="gpu suite only: device to run on ('cpu' exercises the code without a GPU)"
     )
     parser.add_argument("--no-compile", action="store_true", help="gpu suite only: skip the torch.compile variant")
+    parser.add_argument(
+        "--only",
+        help="cpu suite only: comma-separated sections to run (trunk, padding, decoding, training, data, scaling)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child_main(args.child, args.spec)
         return 0
+    if args.only and args.suite != "cpu":
+        parser.error("--only selects sections of the cpu suite")
+    only = tuple(args.only.split(",")) if args.only else None
 
     import torch  # after argument parsing, so `--help` is instant
     from bench_lib import environment
@@ -236,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         from cpu_suite import run_cpu_suite
 
         torch.manual_seed(0)
-        sections = run_cpu_suite(args.quick, args.out, log=lambda m: print(m, flush=True))
+        try:
+            sections = run_cpu_suite(args.quick, args.out, log=lambda m: print(m, flush=True), only=only)
+        except ValueError as err:
+            parser.error(str(err))
         report["results"] = sections
         report["targets"] = cpu_targets(sections)
         text = render_cpu(sections, report["targets"])

@@ -63,6 +63,11 @@ class OscarConfig(PretrainedConfig):
         mask_token_id, bos_token_id, eos_token_id: `[MASK]`, `[CLS]`, `[SEP]`. Caption decoding
             starts from `[CLS]`, reads the prediction at a trailing `[MASK]` and stops at `[SEP]`.
         tie_word_embeddings: tie the MLM/caption decoder to the word embeddings.
+        skip_padding: let the heads that read only the pooled `[CLS]` output (classification,
+            retrieval, NLVR2) drop the masked positions of a 2-D attention mask before the encoder,
+            packing each row to the longest row of the batch. Masked keys get exactly zero
+            attention weight, so the logits are unchanged; VQA inputs are mostly padding, so
+            this skips much of the work. Set `False` for fixed shapes (e.g. CUDA graphs).
     """
 
     model_type = "oscar"
@@ -105,6 +110,7 @@ class OscarConfig(PretrainedConfig):
         bos_token_id: int = 101,
         eos_token_id: int = 102,
         tie_word_embeddings: bool = True,
+        skip_padding: bool = True,
         **kwargs: Any,
     ):
         self.vocab_size = vocab_size
@@ -139,6 +145,7 @@ class OscarConfig(PretrainedConfig):
         self.drop_worst_after = drop_worst_after
         self.freeze_embedding = bool(freeze_embedding)
         self.mask_token_id = mask_token_id
+        self.skip_padding = bool(skip_padding)
         # Set explicitly: transformers 5 gives custom configs no default and would leave the
         # decoder untied.
         self.tie_word_embeddings = tie_word_embeddings

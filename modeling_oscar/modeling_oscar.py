@@ -484,6 +484,34 @@ def _full_attention_mask(
     return attention_mask
 
 
+def _pack_unmasked(
+    hidden: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.LongTensor] | None:
+    """Moves each row's unmasked positions to the front, in order, and cuts the rows to the
+    longest one. Returns (hidden, mask, index) with index (batch, packed_len) into the original
+    positions, or None when no position would be dropped.
+
+    Exact for every unmasked position: a masked key gets weight exp(-10000 + ...) = 0, so dropping
+    it changes no unmasked output; only the order of the softmax sums changes.
+    """
+    lengths = (mask != 0).sum(dim=1)  # (batch,)
+    packed_len = int(lengths.max())  # one host sync; shapes depend on the data from here on
+    if packed_len == mask.shape[1]:
+        return None
+    # A stable sort on "is masked" keeps the unmasked positions first and in their order.
+    index = torch.sort((mask == 0).to(torch.uint8), dim=1, stable=True).indices[:, :packed_len]
+    packed = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (batch, packed_len, hidden)
+    return packed, mask.gather(1, index), index
+
+
+def _unpack(packed: torch.Tensor, packed_mask: torch.Tensor, index: torch.LongTensor, length: int) -> torch.Tensor:
+    """Inverse of `_pack_unmasked` for the encoder output; masked positions come back as zeros."""
+    batch, _, width = packed.shape
+    packed = packed * (packed_mask != 0)[..., None].to(packed.dtype)
+    out = packed.new_zeros(batch, length, width)
+    return out.scatter(1, index[..., None].expand(-1, -1, width), packed)  # (batch, length, hidden)
+
+
 def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """0/1 mask (batch, key) or (batch, query, key) -> additive (batch, 1, 1 or query, key)."""
     mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None, :, :]
@@ -530,6 +558,7 @@ class OscarModel(OscarPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        skip_padding: bool = False,
     ) -> OscarModelOutput | tuple:
         """
         Args:
@@ -541,6 +570,10 @@ class OscarModel(OscarPreTrainedModel):
             img_feats: (batch, num_regions, img_feature_dim) region vectors, appended after the text.
             img_attention_mask: (batch, num_regions) 0/1 validity of the region slots.
             cache, key_layout: decoding state, used by `OscarForImageCaptioning.generate`.
+            skip_padding: run the encoder on the unmasked positions only (see
+                `OscarConfig.skip_padding`); applies to a 2-D mask whose `[CLS]` column is set, without
+                cache, attentions or hidden states. `pooler_output` and every unmasked position are
+                unchanged; masked positions of `last_hidden_state` are zeros.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -578,6 +611,17 @@ class OscarModel(OscarPreTrainedModel):
             hidden = torch.cat([hidden, regions], dim=1)  # (batch, text_len + num_regions, hidden)
         if mask.shape[-1] != hidden.shape[1] and cache is None:
             raise ValueError(f"attention_mask covers {mask.shape[-1]} keys but the sequence has {hidden.shape[1]}.")
+        packing = None
+        if (
+            skip_padding
+            and mask.dim() == 2
+            and cache is None
+            and not (output_attentions or output_hidden_states or torch.compiler.is_compiling())
+            and bool(mask[:, 0].all())  # the pooler reads position 0, which must stay first
+        ):
+            packing = _pack_unmasked(hidden, mask)
+            if packing is not None:
+                hidden, mask, _ = packing  # (batch, packed_len, hidden), (batch, packed_len)
         extended = _additive_mask(mask, hidden.dtype)
 
         sequence, all_hidden, all_attentions = self.encoder(
@@ -588,6 +632,8 @@ class OscarModel(OscarPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
+        if packing is not None:
+            sequence = _unpack(sequence, mask, packing[2], text_len + num_regions)
         pooled = self.pooler(sequence) if self.pooler is not None else None
         if not return_dict:
             return tuple(v for v in (sequence, pooled, all_hidden, all_attentions) if v is not None)
@@ -827,6 +873,7 @@ class OscarForSequenceClassification(OscarPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            skip_padding=self.config.skip_padding,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))  # (batch, num_labels)
         loss = _classification_loss(self.config, logits, labels) if labels is not None else None
@@ -945,6 +992,7 @@ class OscarForNLVR2(OscarPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            skip_padding=self.config.skip_padding,
         )
         pooled = outputs.pooler_output.reshape(batch, -1)  # (batch, num_choice * hidden)
         logits = self.classifier(self.dropout(pooled))

