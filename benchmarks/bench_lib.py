@@ -203,10 +203,11 @@ def trunk_forward_flops(size: ModelSize, text_len: int, regions: int) -> float:
     return 2.0 * regions * size.img_feature_dim * h + n * length * per_token_layer + 2.0 * h * h
 
 
-def pretraining_step_flops(size: ModelSize, text_len: int, regions: int) -> float:
-    """Useful FLOPs of one training example: 3x (trunk forward + vocabulary head over every position,
-    as `OscarForPreTraining` scores region rows too)."""
-    head = (text_len + regions) * 2.0 * size.hidden * (size.hidden + size.vocab)
+def pretraining_step_flops(size: ModelSize, text_len: int, regions: int, scored: float | None = None) -> float:
+    """Useful FLOPs of one training example: 3x (trunk forward + vocabulary head over the `scored`
+    positions; by default every position, as `OscarForPreTraining` scores region rows too)."""
+    scored = text_len + regions if scored is None else scored
+    head = scored * 2.0 * size.hidden * (size.hidden + size.vocab)
     return 3.0 * (trunk_forward_flops(size, text_len, regions) + head)
 
 

@@ -304,7 +304,7 @@ def bench_decoding(plan: CpuPlan) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Training steps: with and without gradient checkpointing
+# Training steps: with and without gradient checkpointing, dense and sparse vocabulary logits
 # ----------------------------------------------------------------------------------------------
 
 
@@ -323,25 +323,26 @@ def _pretraining_setup(size: ModelSize, batch: int, text: int, regions: int):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     inputs = pretraining_inputs(batch, text, regions, size)
 
-    def step(checkpointing: bool) -> float:
+    def step(checkpointing: bool, sparse_prediction: bool = False) -> float:
         if checkpointing != model.bert.encoder.gradient_checkpointing:
             set_checkpointing(model, checkpointing)
         optimizer.zero_grad(set_to_none=True)
-        loss = model(**inputs).loss
+        loss = model(**inputs, sparse_prediction=sparse_prediction).loss
         loss.backward()
         optimizer.step()
         return loss.item()
 
-    return model, step
+    labelled_per_example = float((inputs["labels"] != -100).sum()) / batch
+    return labelled_per_example, step
 
 
 def child_train_memory(spec: dict[str, Any]) -> dict[str, Any]:
     """Child process: peak memory of training steps in one configuration (first step allocates the
     optimizer state, the second is the steady state that is sampled)."""
     _, step = _pretraining_setup(_size_from(spec), spec["batch"], spec["text_len"], spec["regions"])
-    step(spec["checkpointing"])
+    step(spec["checkpointing"], spec["sparse_prediction"])
     with PeakRSS() as sampler:
-        seconds = time_call(lambda: step(spec["checkpointing"]))
+        seconds = time_call(lambda: step(spec["checkpointing"], spec["sparse_prediction"]))
     return {
         "steady_state_peak_rss_mb": sampler.peak_mb,
         "rss_before_step_mb": sampler.baseline_mb,
@@ -353,19 +354,28 @@ def child_train_memory(spec: dict[str, Any]) -> dict[str, Any]:
 def bench_training(plan: CpuPlan) -> dict[str, Any]:
     """Step throughput interleaved in this process; peak memory from one child per configuration."""
     size = plan.size
-    _, step = _pretraining_setup(size, plan.train_batch, plan.train_text, plan.train_regions)
-    losses: list[float] = [step(False)]  # one warm-up step allocates the optimizer state for both variants
+    labelled, step = _pretraining_setup(size, plan.train_batch, plan.train_text, plan.train_regions)
+    losses: list[float] = [step(False)]  # one warm-up step allocates the optimizer state for every variant
     times = interleaved(
         {
             "no_checkpointing": lambda: losses.append(step(False)),
             "gradient_checkpointing": lambda: losses.append(step(True)),
+            # The pre-training recipe's default: vocabulary logits at the labelled positions only.
+            "sparse_prediction": lambda: losses.append(step(False, sparse_prediction=True)),
         },
         reps=plan.train_reps,
         warmup=0,
     )
     useful = plan.train_batch * pretraining_step_flops(size, plan.train_text, plan.train_regions)
+    # The sparse variant does the same trunk work but scores only the labelled positions.
+    useful_sparse = plan.train_batch * pretraining_step_flops(size, plan.train_text, plan.train_regions, labelled)
     variants: dict[str, Any] = {}
-    for name, checkpointing in (("no_checkpointing", False), ("gradient_checkpointing", True)):
+    configurations = (
+        ("no_checkpointing", False, False),
+        ("gradient_checkpointing", True, False),
+        ("sparse_prediction", False, True),
+    )
+    for name, checkpointing, sparse in configurations:
         memory = run_child(
             "train_memory",
             {
@@ -374,13 +384,14 @@ def bench_training(plan: CpuPlan) -> dict[str, Any]:
                 "text_len": plan.train_text,
                 "regions": plan.train_regions,
                 "checkpointing": checkpointing,
+                "sparse_prediction": sparse,
             },
         )
         variants[name] = {
             "times_s": times[name],
             "median_s": median(times[name]),
             "examples_per_s": plan.train_batch / median(times[name]),
-            "useful_gflops": useful / median(times[name]) / 1e9,
+            "useful_gflops": (useful_sparse if sparse else useful) / median(times[name]) / 1e9,
             "memory": memory,
         }
     return {
@@ -389,8 +400,11 @@ def bench_training(plan: CpuPlan) -> dict[str, Any]:
         "regions": plan.train_regions,
         "optimizer": "AdamW",
         "useful_gflop_per_step": useful / 1e9,
+        "useful_gflop_per_step_sparse": useful_sparse / 1e9,
+        "labelled_positions_per_example": labelled,
         "variants": variants,
         "slowdown_checkpointing": paired_ratio(times["gradient_checkpointing"], times["no_checkpointing"]),
+        "speedup_sparse_prediction": paired_ratio(times["no_checkpointing"], times["sparse_prediction"]),
         "memory_saving_mb": variants["no_checkpointing"]["memory"]["steady_state_peak_rss_mb"]
         - variants["gradient_checkpointing"]["memory"]["steady_state_peak_rss_mb"]
         if variants["no_checkpointing"]["memory"]["steady_state_peak_rss_mb"] is not None

@@ -188,6 +188,11 @@ def render_cpu(sections: dict[str, Any], targets: list[dict[str, Any]]) -> str:
         out.append(
             f"\nCheckpointing slow-down: {tr['slowdown_checkpointing']:.2f}x; memory saved: {fmt(tr['memory_saving_mb'], 0)} MiB"
         )
+        if "speedup_sparse_prediction" in tr:
+            out.append(
+                f"\nSparse vocabulary logits (labelled positions only) vs dense: "
+                f"{tr['speedup_sparse_prediction']:.2f}x faster steps"
+            )
     data = sections.get("data", {})
     if data:
         out.append(f"\n### Data (Parquet vs TSV+base64)\n\n{data.get('status', '-')}")

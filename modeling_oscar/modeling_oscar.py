@@ -82,6 +82,7 @@ class OscarForPreTrainingOutput(ModelOutput):
         masked_lm_loss: cross entropy over the labelled text/tag positions.
         contrastive_loss: cross entropy of the 2- or 3-way contrastive head.
         prediction_logits: (batch, text_len + num_regions, vocab); region rows are never labelled.
+            With `sparse_prediction=True`: (num_labelled, vocab), the labelled positions only.
         contrastive_logits: (batch, num_contrast_classes).
     """
 
@@ -734,12 +735,17 @@ class OscarForPreTraining(_OscarWithLMHead):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        sparse_prediction: bool = False,
     ) -> OscarForPreTrainingOutput | tuple:
         """
         Args:
             labels: (batch, text_len) or (batch, text_len + num_regions) masked-token targets; -100
                 (or the original's -1) marks positions without a target.
             contrastive_labels: (batch,) in [0, num_contrast_classes).
+            sparse_prediction: with `labels`, run the vocabulary head only at the labelled
+                positions; `prediction_logits` is then (num_labelled, vocab) in row-major order
+                of the labelled positions. Same loss, and the head's cost (about 15% of 35 text
+                positions instead of all text and region rows) drops out of a training step.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.bert(
@@ -753,14 +759,19 @@ class OscarForPreTraining(_OscarWithLMHead):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        prediction_logits, contrastive_logits = self.cls(outputs.last_hidden_state, outputs.pooler_output)
+        sequence = outputs.last_hidden_state  # (batch, text_len + num_regions, hidden)
+        if labels is not None:
+            labels = _pad_labels_over_regions(labels, sequence.shape[:2])
+            labels = labels.masked_fill(labels == -1, -100)
+            if sparse_prediction:
+                labelled = labels != -100
+                sequence, labels = sequence[labelled], labels[labelled]  # (num_labelled, hidden), (num_labelled,)
+        prediction_logits, contrastive_logits = self.cls(sequence, outputs.pooler_output)
 
         masked_lm_loss = contrastive_loss = loss = None
         if labels is not None:
-            labels = _pad_labels_over_regions(labels, prediction_logits.shape[:2])
             masked_lm_loss = F.cross_entropy(
-                prediction_logits.reshape(-1, self.config.vocab_size).float(),
-                labels.reshape(-1).masked_fill(labels.reshape(-1) == -1, -100),
+                prediction_logits.reshape(-1, self.config.vocab_size).float(), labels.reshape(-1)
             )
             loss = masked_lm_loss
         if contrastive_labels is not None:

