@@ -69,6 +69,38 @@ def build_processor(args: FinetuneArguments, **processor_kwargs: Any):
     )
 
 
+def text_lengths(dataset: Any, tokenizer: Any, text_key: str, tags_key: str | None = None) -> list[int]:
+    """Word pieces of each row's text plus its tags (no special tokens), for `--group_by_length`.
+
+    Runs as a `datasets` map (progress bar, cached next to the dataset, so a second run is instant).
+    """
+    from .processors.processing_oscar import join_tags
+
+    columns = [text_key] + ([tags_key] if tags_key and tags_key in dataset.column_names else [])
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"Cannot measure text lengths: no column {missing[0]!r} (columns: {dataset.column_names}).")
+
+    def joined(tags: Any) -> str:
+        return join_tags(tags if tags is None or isinstance(tags, str) else [str(t) for t in tags])
+
+    def measure(texts: list[str], tags: list[Any] | None = None) -> dict[str, list[int]]:
+        if tags is not None:
+            texts = [f"{text} {joined(row_tags)}" for text, row_tags in zip(texts, tags)]
+        encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return {"text_length": [len(ids) for ids in encoded]}
+
+    measured = dataset.map(
+        measure,
+        batched=True,
+        batch_size=10_000,
+        input_columns=columns,
+        remove_columns=dataset.column_names,
+        desc="Measuring text lengths",
+    )
+    return measured["text_length"]
+
+
 def check_text_length(config: Any, max_seq_length: int) -> None:
     """Fails before training when the text layout is longer than the model's position table."""
     if max_seq_length > config.max_position_embeddings:
@@ -190,5 +222,6 @@ __all__ = [
     "label_vocabulary",
     "rerank_recall",
     "tag_overlap_scores",
+    "text_lengths",
     "top_k_mask",
 ]

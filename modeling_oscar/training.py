@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -155,20 +155,54 @@ def load_split(path: str, split: str = "train", max_samples: int | None = None):
     return dataset.with_format("numpy", columns=None, output_all_columns=True)
 
 
-def train_dataloader(dataset, args: RecipeArguments, collate_fn: Callable) -> torch.utils.data.DataLoader:
+class LengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """A random order in which each run of `batch_size` indices holds examples of similar length.
+
+    The grouping is transformers' (`get_length_grouped_indices`: shuffle, sort mega-batches of 50
+    batches by length, longest batch first). The order is drawn from `seed + epoch`, and the
+    training loop calls `set_epoch`, so a resumed run draws the same order as an uninterrupted one.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
+        self.lengths = [int(n) for n in lengths]
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def train_dataloader(
+    dataset, args: RecipeArguments, collate_fn: Callable, lengths: Sequence[int] | None = None
+) -> torch.utils.data.DataLoader:
     """Shuffled training loader whose shuffling owns its generator.
 
     Without its own generator a DataLoader draws its base seed from the global RNG each time an
     iterator starts, and a resumed run (which starts one more iterator) would then see different
-    dropout masks than the uninterrupted run.
+    dropout masks than the uninterrupted run. With `lengths` (one per row), batches are grouped
+    by length (`LengthGroupedSampler`), so heads that skip padding do less work.
     """
+    if lengths is not None and len(lengths) != len(dataset):
+        raise ValueError(f"lengths has {len(lengths)} entries but the dataset has {len(dataset)} rows.")
+    sampler = None if lengths is None else LengthGroupedSampler(lengths, args.per_device_train_batch_size, args.seed)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=args.per_device_train_batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         collate_fn=collate_fn,
         num_workers=args.dataloader_num_workers,
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=torch.Generator().manual_seed(args.seed) if sampler is None else None,
     )
 
 
@@ -547,6 +581,7 @@ def export(
 
 
 __all__ = [
+    "LengthGroupedSampler",
     "ResumableCollator",
     "RecipeArguments",
     "TrainResult",

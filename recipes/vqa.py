@@ -32,7 +32,14 @@ from torch.utils.data import DataLoader
 
 from oscar_hf import OscarForSequenceClassification
 from oscar_hf.evaluation import vqa_accuracy
-from oscar_hf.finetuning import FinetuneArguments, build_processor, check_text_length, final_metrics, label_vocabulary
+from oscar_hf.finetuning import (
+    FinetuneArguments,
+    build_processor,
+    check_text_length,
+    final_metrics,
+    label_vocabulary,
+    text_lengths,
+)
 from oscar_hf.processors.task_collators import IndexedRows, OscarClassificationCollator, model_inputs
 from oscar_hf.training import (
     eval_dataloader,
@@ -58,6 +65,12 @@ class VQAArguments(FinetuneArguments):
     task: Literal["vqa", "gqa"] = field(default="vqa", metadata={"help": "vqa (soft-score BCE) or gqa (CE)"})
     answer_vocab: str | None = field(
         default=None, metadata={"help": "answer list the dataset was built with (.txt/.json/.pkl)"}
+    )
+    group_by_length: bool = field(
+        default=False,
+        metadata={
+            "help": "batch questions+tags of similar length together; the head skips padding, so steps get cheaper"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -98,7 +111,11 @@ def get_dataloaders(args: VQAArguments, processor, accelerator) -> tuple[DataLoa
             )
     if len(train_set) == 0:
         raise ValueError(f"{args.train_data} ({args.train_split}) has no usable training rows.")
-    train_loader = train_dataloader(train_set, args, collator)
+    lengths = None
+    if args.group_by_length:
+        with accelerator.main_process_first():
+            lengths = text_lengths(train_set, processor.tokenizer, collator.text_key, collator.tags_key)
+    train_loader = train_dataloader(train_set, args, collator, lengths=lengths)
     eval_loader = None
     if args.eval_data:
         with accelerator.main_process_first():

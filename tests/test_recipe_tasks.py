@@ -113,7 +113,7 @@ def test_gqa_switch_uses_cross_entropy_and_gqa_lengths(tmp_path):
             "--task", "gqa", "--tokenizer_name_or_path", str(tokenizer_folder(tmp_path)),
             "--config_overrides", tiny_overrides(max_position_embeddings=168), "--answer_vocab", str(src / "answers.json"),
             "--train_data", str(data), "--eval_data", str(data),
-            "--output_dir", str(tmp_path / "run"), "--max_train_steps", "2", *COMMON,
+            "--output_dir", str(tmp_path / "run"), "--max_train_steps", "2", "--group_by_length", *COMMON,
         ]
     )  # fmt: skip
     # The unanswerable q3 counts as wrong: accuracy is a multiple of 1/4.

@@ -10,7 +10,9 @@ import torch
 from conftest import tiny_config
 
 from oscar_hf import OscarForPreTraining, OscarForSequenceClassification
+from oscar_hf.finetuning import text_lengths
 from oscar_hf.training import (
+    LengthGroupedSampler,
     RecipeArguments,
     ResumableCollator,
     latest_checkpoint,
@@ -18,6 +20,7 @@ from oscar_hf.training import (
     optimizer_groups,
     parse_recipe_args,
     save_resolved_args,
+    train_dataloader,
 )
 
 
@@ -101,3 +104,55 @@ def test_latest_checkpoint_and_generator_state(tmp_path):
     saved = collator.state_dict()  # after the consumed batch, not after the prefetched one
     collator.load_state_dict(saved)
     assert torch.equal(collator([3])["x"], prefetched["x"])
+
+
+def test_length_grouped_sampler_groups_and_is_fixed_per_epoch():
+    lengths = [int(n) for n in torch.randint(3, 120, (400,), generator=torch.Generator().manual_seed(0))]
+    sampler = LengthGroupedSampler(lengths, batch_size=8, seed=7)
+    first = list(sampler)
+    assert sorted(first) == list(range(400)) and list(sampler) == first
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first and sorted(second) == list(range(400))
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # a resumed run re-creates the epoch's order from (seed, epoch)
+
+    def mean_spread(order):
+        batches = [[lengths[i] for i in order[k : k + 8]] for k in range(0, 400, 8)]
+        return sum(max(b) - min(b) for b in batches) / len(batches)
+
+    shuffled = torch.randperm(400, generator=torch.Generator().manual_seed(1)).tolist()
+    assert mean_spread(first) < mean_spread(shuffled) / 4
+
+
+def test_grouped_loader_resumes_mid_epoch_through_accelerate():
+    from accelerate import Accelerator, skip_first_batches
+
+    args = RecipeArguments(output_dir="unused", per_device_train_batch_size=4, seed=3)
+    lengths = list(range(40))
+    loader = Accelerator(cpu=True).prepare(train_dataloader(list(range(40)), args, lambda rows: rows, lengths=lengths))
+    loader.set_epoch(2)
+    full = list(loader)
+    resumed = Accelerator(cpu=True).prepare(
+        train_dataloader(list(range(40)), args, lambda rows: rows, lengths=lengths)
+    )
+    resumed.set_epoch(2)
+    assert list(skip_first_batches(resumed, 3)) == full[3:]
+    sampler = LengthGroupedSampler(lengths, batch_size=4, seed=3)
+    sampler.set_epoch(2)  # the loop's set_epoch reached the sampler inside the prepared loader
+    assert [i for batch in full for i in batch] == list(sampler)
+    with pytest.raises(ValueError, match="lengths has 5 entries"):
+        train_dataloader(list(range(40)), args, lambda rows: rows, lengths=[1] * 5)
+
+
+def test_text_lengths_count_question_and_tags():
+    from datasets import Dataset
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "what", "is", "it", "?", "dog", "tree"]
+    tokenizer = BertTokenizerFast(vocab_file=None, vocab=dict(zip(vocab, range(len(vocab)))))
+    rows = Dataset.from_dict({"question": ["what is it?", "it?"], "tags": [["dog", "tree", "dog"], []]})
+    assert text_lengths(rows, tokenizer, "question", "tags") == [7, 2]
+    assert text_lengths(rows, tokenizer, "question") == [4, 2]
+    with pytest.raises(ValueError, match="no column 'caption'"):
+        text_lengths(rows, tokenizer, "caption")
