@@ -490,14 +490,16 @@ def _pack_unmasked(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.LongTensor] | None:
     """Moves each row's unmasked positions to the front, in order, and cuts the rows to the
     longest one. Returns (hidden, mask, index) with index (batch, packed_len) into the original
-    positions, or None when no position would be dropped.
+    positions, or None when no position would be dropped or a row's `[CLS]` (position 0, which
+    the pooler reads) is masked.
 
     Exact for every unmasked position: a masked key gets weight exp(-10000 + ...) = 0, so dropping
     it changes no unmasked output; only the order of the softmax sums changes.
     """
     lengths = (mask != 0).sum(dim=1)  # (batch,)
-    packed_len = int(lengths.max())  # one host sync; shapes depend on the data from here on
-    if packed_len == mask.shape[1]:
+    # One host sync for both facts; shapes depend on the data from here on.
+    cls_kept, packed_len = torch.stack([(mask[:, 0] != 0).all().to(lengths.dtype), lengths.max()]).tolist()
+    if not cls_kept or packed_len == mask.shape[1]:
         return None
     # A stable sort on "is masked" keeps the unmasked positions first and in their order.
     index = torch.sort((mask == 0).to(torch.uint8), dim=1, stable=True).indices[:, :packed_len]
@@ -618,7 +620,6 @@ class OscarModel(OscarPreTrainedModel):
             and mask.dim() == 2
             and cache is None
             and not (output_attentions or output_hidden_states or torch.compiler.is_compiling())
-            and bool(mask[:, 0].all())  # the pooler reads position 0, which must stay first
         ):
             packing = _pack_unmasked(hidden, mask)
             if packing is not None:
