@@ -74,19 +74,16 @@ def text_lengths(dataset: Any, tokenizer: Any, text_key: str, tags_key: str | No
 
     Runs as a `datasets` map (progress bar, cached next to the dataset, so a second run is instant).
     """
-    from .processors.processing_oscar import join_tags
+    from .processors.task_collators import _tags  # the collators' tag joining, so lengths match
 
+    if text_key not in dataset.column_names:
+        raise ValueError(f"Cannot measure text lengths: no column {text_key!r} (columns: {dataset.column_names}).")
+    # Like the collators, a dataset without the tags column is read as tag-less.
     columns = [text_key] + ([tags_key] if tags_key and tags_key in dataset.column_names else [])
-    missing = [c for c in columns if c not in dataset.column_names]
-    if missing:
-        raise ValueError(f"Cannot measure text lengths: no column {missing[0]!r} (columns: {dataset.column_names}).")
-
-    def joined(tags: Any) -> str:
-        return join_tags(tags if tags is None or isinstance(tags, str) else [str(t) for t in tags])
 
     def measure(texts: list[str], tags: list[Any] | None = None) -> dict[str, list[int]]:
         if tags is not None:
-            texts = [f"{text} {joined(row_tags)}" for text, row_tags in zip(texts, tags)]
+            texts = [f"{text} {_tags(row_tags)}" for text, row_tags in zip(texts, tags)]
         encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         return {"text_length": [len(ids) for ids in encoded]}
 

@@ -623,7 +623,7 @@ class OscarModel(OscarPreTrainedModel):
         ):
             packing = _pack_unmasked(hidden, mask)
             if packing is not None:
-                hidden, mask, _ = packing  # (batch, packed_len, hidden), (batch, packed_len)
+                hidden, mask, packed_index = packing  # (batch, packed_len, hidden), (batch, packed_len) x 2
         extended = _additive_mask(mask, hidden.dtype)
 
         sequence, all_hidden, all_attentions = self.encoder(
@@ -635,7 +635,7 @@ class OscarModel(OscarPreTrainedModel):
             output_hidden_states=output_hidden_states,
         )
         if packing is not None:
-            sequence = _unpack(sequence, mask, packing[2], text_len + num_regions)
+            sequence = _unpack(sequence, mask, packed_index, text_len + num_regions)
         pooled = self.pooler(sequence) if self.pooler is not None else None
         if not return_dict:
             return tuple(v for v in (sequence, pooled, all_hidden, all_attentions) if v is not None)
