@@ -16,7 +16,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "oscar_original"
+FIXTURES_ROOT = Path(__file__).resolve().parent / "fixtures"
+DEFAULT_FIXTURES = FIXTURES_ROOT / "oscar_original"
 
 
 # Prepended to scripts that load exported folders in a fresh interpreter: makes `import oscar_hf`
