@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import tiny_config
+from support import tiny_config
 from transformers import BertTokenizerFast
 
 from oscar_hf.processors import (

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 from datasets import load_dataset
 from datasets.distributed import split_dataset_by_node
-from test_data_fixtures import FEATURE_DIM, VQA_ANSWERS, coco_world, make_image, write_regions, write_vqa
+from support.data import (
+    FEATURE_DIM,
+    VQA_ANSWERS,
+    VQA_VOCAB,
+    coco_world,
+    make_image,
+    write_corpus,
+    write_regions,
+    write_vqa,
+)
 
 from oscar_hf.data import (
     BadRowError,
@@ -102,9 +111,6 @@ def test_retrieval_builder_1k_and_5k_protocols(world, regions, tmp_path):
     keyed = RetrievalBuilder(regions, world.root / "dataset_coco.json", test_1k_keys=tmp_path / "keys.tsv")
     build_dataset(keyed, tmp_path / "keyed", progress=False)
     assert load(tmp_path / "keyed", "test_1k")["image_id"][:] == ["106", "104"]
-
-
-VQA_VOCAB = ["2", "yes", "no", "dog", "isn't", "3", "cat"]
 
 
 def test_vqa_builder_soft_scores(world, regions, tmp_path):
@@ -204,38 +210,6 @@ def test_nlvr2_builder_pairs_two_images(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(lines[0]) + "\n{not json\n")
     with pytest.raises(BadRowError, match=r"bad\.json, line 2: malformed JSON"):
         build_dataset(NLVR2Builder(source, {"dev": tmp_path / "bad.json"}), tmp_path / "bad", progress=False)
-
-
-def write_corpus(root, rng):
-    """An Oscar+ corpus: coco (single file), googlecc (chunk 0) and gqa QA rows with QA_fileB.tsv."""
-    truth = {}
-    layout = {"coco": ("", ["11", "12"]), "googlecc": ("0", ["5_a"]), "gqa": ("", ["n9"])}
-    for dataset, (chunk, ids) in layout.items():
-        images = [make_image(rng, image_id, 2) for image_id in ids]
-        folder = root / "features" / dataset / chunk
-        paths = write_regions(folder, images)
-        paths["features"].rename(folder / "features.tsv")
-        paths["labels"].rename(folder / "predictions_gt.tsv")
-        for name in ("features.tsv", "predictions_gt.tsv"):
-            from oscar_hf.data import write_lineidx
-
-            write_lineidx(folder / name)
-        truth.update({f"{dataset}_{chunk + '_' if chunk else ''}{im.key}": im for im in images})
-    write_tsv(root / "features" / "gqa" / "QA_fileB.tsv", ['77\t{"labels": ["yes"]}'])
-    corpus = [
-        "coco_11\tcoco_11\tA man riding a horse.",
-        "coco_12\tcoco_12\tA bowl of fruit.",
-        "googlecc_0_5_a\tgooglecc_0_5_a\tSunset over the sea.",
-        "gqa_n9\tgqa_qa_n9_77\tIs the sky blue?",
-    ]
-    write_tsv(root / "corpus.tsv", corpus)
-    yaml_text = (
-        "corpus: coco_googlecc_gqa\ncorpus_file: corpus.tsv\n"
-        "image_label_path:\n  coco: features/coco\n  googlecc: features/googlecc\n  gqa: features/gqa\n"
-        "image_feature_path:\n  coco: features/coco\n  googlecc: features/googlecc\n  gqa: features/gqa\n"
-    )
-    (root / "corpus.yaml").write_text(yaml_text)
-    return truth
 
 
 def test_pretrain_corpus_builder_and_streaming(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from datasets import load_dataset
 from PIL import Image
-from test_data_fixtures import coco_world, write_vqa
+from support.data import coco_world, write_vqa
 
 from oscar_hf.data import BadRowError, CaptionBuilder, ParquetRegionSource, build_dataset
 from oscar_hf.data.cli import main

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 from datasets import load_dataset
-from test_data_builders import VQA_VOCAB, write_corpus
-from test_data_fixtures import VOCAB, coco_world, make_image, write_regions, write_vqa
+from support import tiny_config
+from support.data import VOCAB, VQA_VOCAB, coco_world, make_image, write_corpus, write_regions, write_vqa
 
 from oscar_hf.data import (
     CaptionBuilder,

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_data_fixtures import FEATURE_DIM, coco_world, make_image, write_regions
+from support.data import FEATURE_DIM, coco_world, make_image, write_regions
 
 from oscar_hf.data import BadRowError, TsvFile, TsvRegionSource, normalize_answer, soft_score, write_lineidx
 from oscar_hf.data.answers import load_vocabulary

@@ -13,8 +13,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 from PIL import Image
+from support import tiny_config
 from transformers import BertTokenizerFast
 
 from oscar_hf.processors import OscarProcessor, OscarRegionFeatureProcessor, box_geometry

@@ -13,8 +13,8 @@ import json
 import sys
 
 import pytest
-from conftest import REPO_ROOT
-from recipe_helpers import minilm_folder, write_synthetic_corpus, write_synthetic_retrieval
+from support import REPO_ROOT
+from support.recipes import minilm_folder, write_synthetic_corpus, write_synthetic_retrieval
 
 
 sys.path.insert(0, str(REPO_ROOT / "recipes"))

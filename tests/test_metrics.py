@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import doctest
 import os
-import random
 
 import numpy as np
 import pytest
@@ -36,67 +35,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
 JAVA = java_status()
-
-
-def random_caption_sets(seed: int, count: int) -> list[tuple[list[str], list[list[str]]]]:
-    """Deterministic (predictions, references) sets with shared words, so n-grams overlap."""
-    rng = random.Random(seed)
-    words = [
-        "a",
-        "an",
-        "the",
-        "man",
-        "woman",
-        "dog",
-        "cat",
-        "two",
-        "three",
-        "red",
-        "blue",
-        "big",
-        "small",
-        "is",
-        "are",
-        "on",
-        "in",
-        "of",
-        "with",
-        "near",
-        "sitting",
-        "running",
-        "grass",
-        "table",
-        "street",
-        "beach",
-        "horse",
-        "bike",
-        "plate",
-        "pizza",
-        "sofa",
-        "water",
-        "tree",
-        "people",
-        "child",
-        "ball",
-        "kite",
-        "sky",
-    ]
-    marks = [",", ".", "!", "?", ";", "'s", "-"]
-
-    def sentence() -> str:
-        tokens = [rng.choice(words) for _ in range(rng.randint(2, 12))]
-        if rng.random() < 0.4:
-            tokens.insert(rng.randrange(len(tokens) + 1), rng.choice(marks))
-        text = " ".join(tokens).replace(" 's", "'s").replace(" -", "-")
-        return text.capitalize() if rng.random() < 0.5 else text
-
-    sets = []
-    for _ in range(count):
-        n_images = rng.randint(1, 12)
-        refs = [[sentence() for _ in range(rng.randint(1, 6))] for _ in range(n_images)]
-        preds = [rng.choice(r) if rng.random() < 0.15 else sentence() for r in refs]
-        sets.append((preds, refs))
-    return sets
 
 
 # ------------------------------------------------------------------------------------------------

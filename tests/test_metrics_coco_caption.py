@@ -11,7 +11,7 @@ import os
 import time
 
 import pytest
-from test_metrics import random_caption_sets
+from support.data import random_caption_sets
 
 from oscar_hf.evaluation import (
     CiderDocumentFrequencies,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import parity_cases
 from safetensors.torch import load_file
+from support import parity_cases
 
 from oscar_hf.convert_original_checkpoint import convert_checkpoint
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BLOCK_PACKAGE, REPO_ROOT
 from PIL import Image
+from support import BLOCK_PACKAGE, REPO_ROOT
 from transformers import BertTokenizerFast, pipeline
 from transformers.dynamic_module_utils import get_imports
 

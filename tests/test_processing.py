@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, parity_cases, tiny_config
 from safetensors.torch import load_file
+from support import REPO_ROOT, parity_cases, tiny_config
 from transformers import AutoProcessor, BertTokenizerFast
 
 from oscar_hf.processors import OscarProcessor, OscarRegionFeatureProcessor, box_geometry, truncate_pair

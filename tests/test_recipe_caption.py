@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
-from recipe_helpers import run_export_in_fresh_process, tiny_overrides, tokenizer_folder, write_caption_data
 from safetensors.torch import load_file
+from support import REPO_ROOT
+from support.recipes import run_export_in_fresh_process, tiny_overrides, tokenizer_folder, write_caption_data
 
 
 sys.path.insert(0, str(REPO_ROOT / "recipes"))

@@ -18,10 +18,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
-from recipe_helpers import tiny_overrides, tokenizer_folder
 from safetensors.torch import load_file
-from test_data_fixtures import make_image, write_regions, write_vqa
+from support import REPO_ROOT
+from support.data import make_image, write_regions, write_vqa
+from support.recipes import tiny_overrides, tokenizer_folder
 
 from oscar_hf.data import TsvRegionSource, VQABuilder, build_dataset
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
-from recipe_helpers import run_export_in_fresh_process, tiny_overrides, tokenizer_folder
-from test_data_fixtures import make_image, write_regions, write_vqa
+from support import REPO_ROOT
+from support.data import make_image, write_regions, write_vqa
+from support.recipes import run_export_in_fresh_process, tiny_overrides, tokenizer_folder
 
 from oscar_hf.data import GQABuilder, NLVR2Builder, RetrievalBuilder, TsvRegionSource, VQABuilder, build_dataset
 

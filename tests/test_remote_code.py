@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BLOCK_PACKAGE, REPO_ROOT
 from safetensors.torch import load_file, save_file
+from support import BLOCK_PACKAGE, REPO_ROOT
 
 from oscar_hf.convert_original_checkpoint import convert_checkpoint
 

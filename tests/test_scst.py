@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import tiny_config
+from support import tiny_config
 
 from oscar_hf import OscarForImageCaptioning
 from oscar_hf.scst import CiderReward, caption_log_probs, scst_loss

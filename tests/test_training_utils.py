@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from support import tiny_config
 
 from oscar_hf import OscarForPreTraining, OscarForSequenceClassification
 from oscar_hf.finetuning import text_lengths

@@ -7,11 +7,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from conftest import BLOCK_PACKAGE, parity_fixture_dir
-from test_data_fixtures import make_image, write_regions
 
 from oscar_hf.data import PretrainCorpusBuilder, build_dataset, read_corpus_yaml, write_lineidx
 from oscar_hf.data.original_format import write_tsv
+from support import BLOCK_PACKAGE, parity_fixture_dir
+from support.data import make_image, write_regions
 
 
 TINY_MODEL = {
@@ -145,9 +145,8 @@ def minilm_folder() -> Path | None:
 def synthetic_images(num_images: int, seed: int = 0, objects: int = 3):
     """Images whose regions are noisy class prototypes: tags, regions and captions agree, so a
     model that links them can tell matched from polluted pairs."""
-    from test_data_fixtures import ImageTruth
-
     from oscar_hf.data.regions import box_geometry
+    from support.data import ImageTruth
 
     rng = np.random.default_rng(seed)
     prototypes = np.random.default_rng(1234).normal(0, 1, (len(SYNTHETIC_CLASSES), 2048)).astype(np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,3 +137,99 @@ def write_vqa(root: Path, answers: dict = VQA_ANSWERS, name: str = "train") -> t
     q_path.write_text(json.dumps(questions))
     a_path.write_text(json.dumps(annotations))
     return q_path, a_path
+
+
+VQA_VOCAB = ["2", "yes", "no", "dog", "isn't", "3", "cat"]
+
+
+def write_corpus(root, rng):
+    """An Oscar+ corpus: coco (single file), googlecc (chunk 0) and gqa QA rows with QA_fileB.tsv."""
+    truth = {}
+    layout = {"coco": ("", ["11", "12"]), "googlecc": ("0", ["5_a"]), "gqa": ("", ["n9"])}
+    for dataset, (chunk, ids) in layout.items():
+        images = [make_image(rng, image_id, 2) for image_id in ids]
+        folder = root / "features" / dataset / chunk
+        paths = write_regions(folder, images)
+        paths["features"].rename(folder / "features.tsv")
+        paths["labels"].rename(folder / "predictions_gt.tsv")
+        for name in ("features.tsv", "predictions_gt.tsv"):
+            from oscar_hf.data import write_lineidx
+
+            write_lineidx(folder / name)
+        truth.update({f"{dataset}_{chunk + '_' if chunk else ''}{im.key}": im for im in images})
+    write_tsv(root / "features" / "gqa" / "QA_fileB.tsv", ['77\t{"labels": ["yes"]}'])
+    corpus = [
+        "coco_11\tcoco_11\tA man riding a horse.",
+        "coco_12\tcoco_12\tA bowl of fruit.",
+        "googlecc_0_5_a\tgooglecc_0_5_a\tSunset over the sea.",
+        "gqa_n9\tgqa_qa_n9_77\tIs the sky blue?",
+    ]
+    write_tsv(root / "corpus.tsv", corpus)
+    yaml_text = (
+        "corpus: coco_googlecc_gqa\ncorpus_file: corpus.tsv\n"
+        "image_label_path:\n  coco: features/coco\n  googlecc: features/googlecc\n  gqa: features/gqa\n"
+        "image_feature_path:\n  coco: features/coco\n  googlecc: features/googlecc\n  gqa: features/gqa\n"
+    )
+    (root / "corpus.yaml").write_text(yaml_text)
+    return truth
+
+
+def random_caption_sets(seed: int, count: int) -> list[tuple[list[str], list[list[str]]]]:
+    """Deterministic (predictions, references) sets with shared words, so n-grams overlap."""
+    rng = random.Random(seed)
+    words = [
+        "a",
+        "an",
+        "the",
+        "man",
+        "woman",
+        "dog",
+        "cat",
+        "two",
+        "three",
+        "red",
+        "blue",
+        "big",
+        "small",
+        "is",
+        "are",
+        "on",
+        "in",
+        "of",
+        "with",
+        "near",
+        "sitting",
+        "running",
+        "grass",
+        "table",
+        "street",
+        "beach",
+        "horse",
+        "bike",
+        "plate",
+        "pizza",
+        "sofa",
+        "water",
+        "tree",
+        "people",
+        "child",
+        "ball",
+        "kite",
+        "sky",
+    ]
+    marks = [",", ".", "!", "?", ";", "'s", "-"]
+
+    def sentence() -> str:
+        tokens = [rng.choice(words) for _ in range(rng.randint(2, 12))]
+        if rng.random() < 0.4:
+            tokens.insert(rng.randrange(len(tokens) + 1), rng.choice(marks))
+        text = " ".join(tokens).replace(" 's", "'s").replace(" -", "-")
+        return text.capitalize() if rng.random() < 0.5 else text
+
+    sets = []
+    for _ in range(count):
+        n_images = rng.randint(1, 12)
+        refs = [[sentence() for _ in range(rng.randint(1, 6))] for _ in range(n_images)]
+        preds = [rng.choice(r) if rng.random() < 0.15 else sentence() for r in refs]
+        sets.append((preds, refs))
+    return sets
