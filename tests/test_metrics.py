@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+from support.data import random_caption_sets
 
 from oscar_hf import evaluation
 from oscar_hf.evaluation import (
