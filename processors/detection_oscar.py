@@ -3,7 +3,7 @@
 This file is a flat remote-code file: exported folders carry it next to `pipeline_oscar.py`, so the
 pipelines run where this package is not installed. It imports only installed libraries (torch,
 numpy, PIL, transformers); timm and torchvision are optional and imported only when used.
-`oscar_hf.processors.detectors` re-exports everything here.
+Library code imports it as `oscar_hf.processors.detection_oscar`.
 
 Every detector is a callable `detector(images) -> list[dict]`, one dict per PIL image with
 
@@ -354,7 +354,7 @@ class RoIAlignFeatureExtractor:
 
 def transformers_detector(name_or_path: str, **kwargs: Any) -> TransformersDetector:
     """Factory for `package.module:factory` detector specs (e.g. the dataset CLI's `--detector`):
-    `oscar_hf.processors.detectors:transformers_detector` with `{"name_or_path": "folder", ...}`."""
+    `oscar_hf.processors.detection_oscar:transformers_detector` with `{"name_or_path": "folder", ...}`."""
     return TransformersDetector.from_pretrained(name_or_path, **kwargs)
 
 

@@ -377,11 +377,4 @@ class OscarRetrievalPipeline(_OscarPipelineMixin, ChunkPipeline):
         return ranked[:top_k] if top_k is not None else ranked
 
 
-PIPELINES = {
-    # task: (pipeline class, built-in Auto class that loads the model)
-    "oscar-captioning": (OscarCaptioningPipeline, "AutoModelForImageTextToText"),
-    "oscar-vqa": (OscarVQAPipeline, "AutoModelForVisualQuestionAnswering"),
-    "oscar-retrieval": (OscarRetrievalPipeline, "AutoModelForSequenceClassification"),
-}
-
-__all__ = ["PIPELINES", "OscarCaptioningPipeline", "OscarRetrievalPipeline", "OscarVQAPipeline"]
+__all__ = ["OscarCaptioningPipeline", "OscarRetrievalPipeline", "OscarVQAPipeline"]

@@ -19,10 +19,8 @@ import torch
 from transformers import GenerationConfig
 
 from oscar_hf import OscarForImageCaptioning
-from oscar_hf.evaluation import coco_caption_scores
-from oscar_hf.finetuning import FinetuneArguments, build_processor, final_metrics
+from oscar_hf.metrics import coco_caption_scores
 from oscar_hf.processors import OscarCaptioningCollator
-from oscar_hf.scst import CiderReward, caption_log_probs, scst_loss
 from oscar_hf.training import (
     ResumableCollator,
     eval_dataloader,
@@ -34,6 +32,8 @@ from oscar_hf.training import (
     train,
     train_dataloader,
 )
+from oscar_hf.training.finetuning import FinetuneArguments, build_processor, final_metrics
+from oscar_hf.training.scst import CiderReward, caption_log_probs, scst_loss
 
 
 @dataclass
@@ -193,7 +193,15 @@ def main(argv: list[str] | None = None):
         evaluate = make_evaluate(accelerator, accelerator.prepare(eval_loader), eval_set, processor, args)
 
     model, result = train(
-        args, accelerator, model, train_loader, compute_loss, evaluate=evaluate, checkpoint_objects=checkpoint_objects
+        args,
+        accelerator,
+        model,
+        train_loader,
+        compute_loss,
+        evaluate=evaluate,
+        checkpoint_objects=checkpoint_objects,
+        processor=processor,
+        task="captioning",
     )
     # The exported folder decodes the way it was evaluated.
     unwrapped = accelerator.unwrap_model(model)

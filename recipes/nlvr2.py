@@ -9,7 +9,7 @@ Data: built by `python -m oscar_hf.data build nlvr2` (`sentence`, `labels`, `lef
 regions). Lengths default to the original's 55 text tokens and 40 regions per image. Tags are not
 read unless `--use_tags` is given: the released NLVR2 commands did not pass `--use_label_seq`.
 Evaluation reports `accuracy` and `consistency` (all pairs of a sentence right), computed by
-`oscar_hf.evaluation.nlvr2_accuracy`.
+`oscar_hf.metrics.nlvr2_accuracy`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from oscar_hf import OscarForNLVR2
-from oscar_hf.evaluation import nlvr2_accuracy
-from oscar_hf.finetuning import FinetuneArguments, build_processor, check_text_length, final_metrics
-from oscar_hf.processors.task_collators import IndexedRows, OscarNLVR2Collator, model_inputs
+from oscar_hf.metrics import nlvr2_accuracy
+from oscar_hf.processors.collators import IndexedRows, OscarNLVR2Collator, model_inputs
 from oscar_hf.training import (
     eval_dataloader,
     export,
@@ -33,6 +32,7 @@ from oscar_hf.training import (
     train,
     train_dataloader,
 )
+from oscar_hf.training.finetuning import FinetuneArguments, build_processor, check_text_length, final_metrics
 
 
 @dataclass
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None):
     check_text_length(model.config, args.max_seq_length)
     train_loader, eval_loader = get_dataloaders(args, processor, accelerator)
     evaluate = make_evaluate(accelerator, accelerator.prepare(eval_loader)) if eval_loader else None
-    model, result = train(args, accelerator, model, train_loader, compute_loss, evaluate=evaluate)
+    model, result = train(
+        args, accelerator, model, train_loader, compute_loss, evaluate=evaluate, processor=processor, task="nlvr2"
+    )
     results = final_metrics(result)
     final = export(
         accelerator,

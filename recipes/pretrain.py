@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from oscar_hf import OscarForPreTraining
-from oscar_hf.finetuning import FinetuneArguments, build_processor, final_metrics
 from oscar_hf.processors import OscarPretrainingCollator
 from oscar_hf.training import (
     ResumableCollator,
@@ -30,6 +29,7 @@ from oscar_hf.training import (
     train,
     train_dataloader,
 )
+from oscar_hf.training.finetuning import FinetuneArguments, build_processor, final_metrics
 
 
 @dataclass
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None):
         make_compute_loss(args.sparse_prediction),
         evaluate=evaluate,
         checkpoint_objects=[collator],
+        processor=processor,
+        task="pretraining",
     )
     final = export(accelerator, model, args, "pretraining", processor=processor, results=final_metrics(result))
     accelerator.end_training()

@@ -16,13 +16,13 @@ text is at most 70 tokens with the tags right after it; 50 regions (VinVL featur
 
 Evaluation (`--eval_mode`):
 - `full`: every image x caption pair of the evaluation split is scored (batched, sharded across
-  processes); Recall@1/5/10 both ways and `rsum` from `oscar_hf.evaluation.retrieval_recall`.
+  processes); Recall@1/5/10 both ways and `rsum` from `oscar_hf.metrics.retrieval_recall`.
   COCO 1K is `--eval_split test_1k`, 5K `test_5k` (N x 5N forward passes: plan for it).
 - `rerank`: a first stage picks each image's `rerank_top_k` captions and each caption's
   `rerank_top_k` images; only those pairs go through the model, which orders them ahead of the
   rest (the rest keep first-stage order). The first stage (`--rerank_first_stage`) is `tags`
   (default, no model: cosine between an image's tag words and a caption's words, see
-  `oscar_hf.finetuning.tag_overlap_scores`) or a `.npy` file holding a (num_images, num_captions)
+  `oscar_hf.training.finetuning.tag_overlap_scores`) or a `.npy` file holding a (num_images, num_captions)
   score matrix from any cheaper model (e.g. a dual encoder), rows in split order and captions
   image by image. Recall@K with K <= k is then the recall of the re-ranked list.
 """
@@ -38,17 +38,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from oscar_hf import OscarForImageTextRetrieval
-from oscar_hf.evaluation import retrieval_recall
-from oscar_hf.finetuning import (
-    FinetuneArguments,
-    build_processor,
-    check_text_length,
-    final_metrics,
-    rerank_recall,
-    tag_overlap_scores,
-    top_k_mask,
-)
-from oscar_hf.processors.task_collators import (
+from oscar_hf.metrics import retrieval_recall
+from oscar_hf.processors.collators import (
     OscarRetrievalPairCollator,
     OscarRetrievalTrainCollator,
     ScoringPairs,
@@ -65,6 +56,15 @@ from oscar_hf.training import (
     parse_recipe_args,
     train,
     train_dataloader,
+)
+from oscar_hf.training.finetuning import (
+    FinetuneArguments,
+    build_processor,
+    check_text_length,
+    final_metrics,
+    rerank_recall,
+    tag_overlap_scores,
+    top_k_mask,
 )
 
 
@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None):
         compute_loss,
         evaluate=evaluate,
         checkpoint_objects=[train_loader.collate_fn],
+        processor=processor,
+        task="retrieval",
     )
     final = export(
         accelerator,

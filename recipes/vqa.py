@@ -17,7 +17,7 @@ Oscar folder as `--model_name_or_path` its `id2label` is used instead. The expor
 `config.id2label` is that vocabulary.
 
 Evaluation: `vqa_score` is Oscar's number (the soft score of the argmax answer), `accuracy` the
-official VQA accuracy on the 10 annotator answers (`oscar_hf.evaluation.vqa_accuracy`); GQA
+official VQA accuracy on the 10 annotator answers (`oscar_hf.metrics.vqa_accuracy`); GQA
 reports `accuracy`.
 """
 
@@ -31,16 +31,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from oscar_hf import OscarForSequenceClassification
-from oscar_hf.evaluation import vqa_accuracy
-from oscar_hf.finetuning import (
-    FinetuneArguments,
-    build_processor,
-    check_text_length,
-    final_metrics,
-    label_vocabulary,
-    text_lengths,
-)
-from oscar_hf.processors.task_collators import IndexedRows, OscarClassificationCollator, model_inputs
+from oscar_hf.metrics import vqa_accuracy
+from oscar_hf.processors.collators import IndexedRows, OscarClassificationCollator, model_inputs
 from oscar_hf.training import (
     eval_dataloader,
     export,
@@ -50,6 +42,14 @@ from oscar_hf.training import (
     parse_recipe_args,
     train,
     train_dataloader,
+)
+from oscar_hf.training.finetuning import (
+    FinetuneArguments,
+    build_processor,
+    check_text_length,
+    final_metrics,
+    label_vocabulary,
+    text_lengths,
 )
 
 
@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None):
             f"{len(answers)}; pass the vocabulary the dataset was built with."
         )
     evaluate = make_evaluate(args, accelerator, accelerator.prepare(eval_loader), answers) if eval_loader else None
-    model, result = train(args, accelerator, model, train_loader, compute_loss, evaluate=evaluate)
+    model, result = train(
+        args, accelerator, model, train_loader, compute_loss, evaluate=evaluate, processor=processor, task=args.task
+    )
     results = final_metrics(result)
     final = export(
         accelerator,

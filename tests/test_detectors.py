@@ -17,12 +17,11 @@ from PIL import Image
 from support import tiny_config
 from transformers import BertTokenizerFast
 
+from oscar_hf.data import BadRowError, PrecomputedRegions
 from oscar_hf.processors import OscarProcessor, OscarRegionFeatureProcessor, box_geometry
-from oscar_hf.processors.detectors import (
-    PrecomputedRegions,
+from oscar_hf.processors.detection_oscar import (
     RoIAlignFeatureExtractor,
     TransformersDetector,
-    decode_features,
     select_detections,
 )
 from oscar_hf.processors.tag_vocab import load_tag_vocabulary, tags_from_ids
@@ -197,7 +196,7 @@ def test_detector_dedupe_and_thresholds(photos):
 
 
 def test_detector_factory_loads_a_saved_checkpoint(photos, tmp_path):
-    from oscar_hf.processors.detectors import transformers_detector
+    from oscar_hf.processors.detection_oscar import transformers_detector
 
     torch.manual_seed(0)
     model, image_processor = tiny_detr()
@@ -302,8 +301,9 @@ def test_precomputed_regions_from_files(tmp_path):
     inputs = processor(["a cat", "a cat"], regions=stored(["1", "2"]))
     assert inputs["img_attention_mask"].tolist() == [[1, 1, 0], [1, 0, 0]]
     torch.testing.assert_close(inputs["img_feats"][0, :2], torch.from_numpy(f32))
-    with pytest.raises(ValueError, match="do not hold 3 boxes"):
-        decode_features(base64.b64encode(f32.tobytes()), 3)
+    (tmp_path / "bad.feature.tsv").write_text(f"1\t3\t{base64.b64encode(f32.tobytes()).decode()}\n")
+    with pytest.raises(BadRowError, match="do not fit num_boxes=3"):
+        PrecomputedRegions.from_tsv(tmp_path / "bad.feature.tsv")
     with pytest.raises(KeyError, match="No regions for image id"):
         stored["missing"]
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from oscar_hf import OscarConfig, OscarForSequenceClassification
-from oscar_hf.hub import build_model_card, push_folder
-from oscar_hf.registration import export_pretrained
+from oscar_hf.registration import export_folder
+from oscar_hf.training.hub import build_model_card, push_folder
 
 
 def test_model_card_has_model_index_and_runnable_usage():
@@ -50,7 +50,7 @@ def test_push_path_with_network_intercepted_at_hfapi(tmp_path):
             hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, img_feature_dim=8
         )
     )
-    folder = export_pretrained(model, tmp_path / "export")
+    folder = export_folder(model, tmp_path / "export")
     build_model_card("org/tiny", "vqa", results={"accuracy": 0.5}).save(folder / "README.md")
     (folder / "checkpoints").mkdir()
     api = RecordingApi()
@@ -66,3 +66,15 @@ def test_push_path_with_network_intercepted_at_hfapi(tmp_path):
 def test_push_refuses_a_folder_without_a_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="export the model before pushing"):
         push_folder(tmp_path, "org/x", api=RecordingApi())
+
+
+def test_push_dataset_uploads_card_and_shards_only(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "README.md").write_text("---\n---\n")
+    api = RecordingApi()
+    push_folder(tmp_path, "org/data", repo_type="dataset", api=api)
+    (_, _, create_kwargs), (_, upload) = api.calls
+    assert create_kwargs["repo_type"] == "dataset" and upload["repo_type"] == "dataset"
+    assert upload["allow_patterns"] == ["README.md", "data/*.parquet"]
+    with pytest.raises(FileNotFoundError, match="build the dataset before pushing"):
+        push_folder(tmp_path / "data", "org/data", repo_type="dataset", api=api)

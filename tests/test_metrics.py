@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from support.data import random_caption_sets
 
-from oscar_hf import evaluation
-from oscar_hf.evaluation import (
+from oscar_hf import metrics as evaluation
+from oscar_hf.metrics import (
     CiderD,
     CiderDocumentFrequencies,
     bleu_score,

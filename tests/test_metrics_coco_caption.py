@@ -13,7 +13,7 @@ import time
 import pytest
 from support.data import random_caption_sets
 
-from oscar_hf.evaluation import (
+from oscar_hf.metrics import (
     CiderDocumentFrequencies,
     java_status,
     load_metric,

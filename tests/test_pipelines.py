@@ -10,9 +10,7 @@ the in-process ones. Outputs are checked for shape and consistency, not quality 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 import textwrap
 import warnings
@@ -22,14 +20,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support import BLOCK_PACKAGE, REPO_ROOT
+from support import REPO_ROOT, TF457_TARGET, run_isolated
 from transformers import BertTokenizerFast, pipeline
 from transformers.dynamic_module_utils import get_imports
 
 from oscar_hf import OscarConfig, OscarForImageCaptioning, OscarForImageTextRetrieval, OscarForSequenceClassification
-from oscar_hf.hub import usage_snippet
 from oscar_hf.processors import OscarProcessor, OscarRegionFeatureProcessor
-from oscar_hf.processors.detectors import TransformersDetector, load_rgb_image, to_rgb
+from oscar_hf.processors.detection_oscar import TransformersDetector, load_rgb_image, to_rgb
 from oscar_hf.processors.tag_vocab import load_tag_vocabulary
 from oscar_hf.registration import (
     PIPELINE_CODE_FILES,
@@ -37,10 +34,10 @@ from oscar_hf.registration import (
     export_pipeline_folder,
     register_pipelines,
 )
+from oscar_hf.training.hub import usage_snippet
 
 
 skimage_data = pytest.importorskip("skimage.data")
-TF457_TARGET = Path(os.environ.get("OSCAR_TF457_TARGET", REPO_ROOT / ".cache" / "tf457"))
 ANSWERS = ["yes", "no", "two", "cat", "red", "table"]
 DETECTOR_WIDTH = 32  # YOLOS hidden size = region feature width; img_feature_dim = 32 + 6
 PHOTOS = ("astronaut", "coffee", "chelsea")
@@ -306,8 +303,11 @@ def test_retrieval_pipeline_ranks_texts(pipes, photos, photo_paths):
 @pytest.mark.parametrize(
     ("task", "card_task"), [("oscar-captioning", "captioning"), ("oscar-vqa", "vqa"), ("oscar-retrieval", "retrieval")]
 )
-def test_model_card_usage_snippet_runs(folders, photo_paths, task, card_task, capsys):
-    snippet = usage_snippet(str(folders[task]), card_task).replace("photo.jpg", photo_paths[0])
+@pytest.mark.parametrize("has_detector", [True, False], ids=["photo", "regions"])
+def test_model_card_usage_snippet_runs(folders, photo_paths, task, card_task, has_detector, capsys):
+    dim = json.loads((folders[task] / "config.json").read_text())["img_feature_dim"] - 6
+    snippet = usage_snippet(str(folders[task]), card_task, has_detector=has_detector, region_feature_dim=dim)
+    snippet = snippet.replace("photo.jpg", photo_paths[0])
     exec(compile(snippet, f"<{task} card snippet>", "exec"), {})
     printed = capsys.readouterr().out
     assert {"oscar-captioning": "generated_text", "oscar-vqa": "answer", "oscar-retrieval": "score"}[task] in printed
@@ -400,7 +400,7 @@ def test_missing_detector_folder_is_a_clear_error(tokenizer, photos, tmp_path):
 
 # -- fresh processes without the package, transformers 5.x and 4.57 ------------------------------
 
-RUNNER = BLOCK_PACKAGE + textwrap.dedent(
+RUNNER = textwrap.dedent(
     """
 
     import transformers
@@ -431,25 +431,8 @@ def expected_outputs(pipes, photo_paths) -> dict:
 
 
 def run_fresh(folders, photo_paths, workdir: Path, extra_path: Path | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(
-        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "modules"), OMP_NUM_THREADS="1"
-    )
-    if extra_path is not None:
-        env["PYTHONPATH"] = str(extra_path)
     job = {"folders": {k: str(v) for k, v in folders.items()}, "photos": photo_paths, "texts": TEXTS}
-    result = subprocess.run(
-        [sys.executable, "-c", RUNNER, json.dumps(job)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=workdir,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line.split("RESULT ", 1)[1])
+    return run_isolated(RUNNER, json.dumps(job), workdir=workdir, extra_path=extra_path, timeout=300)
 
 
 def check_same(got: dict, expected: dict) -> None:

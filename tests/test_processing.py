@@ -8,24 +8,20 @@ the ids, token types, masks and region tensors exactly.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from support import REPO_ROOT, parity_cases, tiny_config
+from support import TF457_TARGET, parity_cases, run_isolated, tiny_config
 from transformers import AutoProcessor, BertTokenizerFast
 
 from oscar_hf.processors import OscarProcessor, OscarRegionFeatureProcessor, box_geometry, truncate_pair
 
 
-TF457_TARGET = Path(os.environ.get("OSCAR_TF457_TARGET", REPO_ROOT / ".cache" / "tf457"))
 CASES = parity_cases()
 
 
@@ -271,17 +267,6 @@ def test_save_and_load_round_trip(tokenizer, tmp_path):
 
 REMOTE_LOADER = textwrap.dedent(
     """
-    import importlib.abc, json, sys
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "oscar_hf" or name.startswith("oscar_hf."):
-                raise ImportError(f"{name} is blocked: remote code must not need the package")
-    sys.meta_path.insert(0, BlockPackage())
-    try:
-        import oscar_hf  # noqa: F401
-        raise SystemExit("oscar_hf is importable; the test would prove nothing")
-    except ImportError:
-        pass
     import torch, transformers
     processor = transformers.AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
     out = processor("a dog?", tags="dog couch", region_features=[torch.ones(2, 2054)])
@@ -300,22 +285,7 @@ REMOTE_LOADER = textwrap.dedent(
 
 
 def load_in_subprocess(folder: Path, workdir: Path, extra_path: Path | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "modules"))
-    if extra_path is not None:
-        env["PYTHONPATH"] = str(extra_path)
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_LOADER, str(folder)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=workdir,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT ") :])
+    return run_isolated(REMOTE_LOADER, str(folder), workdir=workdir, extra_path=extra_path, timeout=300)
 
 
 def expected_remote(processor: OscarProcessor) -> dict:

@@ -10,13 +10,14 @@ process where `oscar_hf` cannot be imported and gives the same logits.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from support import REPO_ROOT
+from support import REPO_ROOT, run_isolated
 from support.data import make_image, write_regions, write_vqa
 from support.recipes import run_export_in_fresh_process, tiny_overrides, tokenizer_folder
 
@@ -90,6 +91,16 @@ def test_vqa_trains_evaluates_and_exports_with_answer_vocabulary(tmp_path):
     processor = load_processor(str(final))
     inputs = dict(processor(["how many dogs?"], tags=[["dog", "dog"]], region_features=[np.random.rand(3, 2054)]))
     check_export(final, OscarForSequenceClassification, inputs, tmp_path)
+
+    # The card's usage snippet runs as written (repository id -> the folder), where oscar_hf is blocked.
+    card = (final / "README.md").read_text()
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    repo_id = re.search(r'model="([^"]+)"', snippet).group(1)
+    snippet = snippet.replace(f'"{repo_id}"', repr(str(final))).replace("print(", "answers = (")
+    answers = run_isolated(
+        snippet + '\nprint("RESULT " + json.dumps(answers, default=float))\n', workdir=tmp_path / "card"
+    )
+    assert answers and set(answers[0]) == {"answer", "score"} and answers[0]["answer"] in VQA_VOCAB
 
 
 @pytest.mark.slow
@@ -235,7 +246,7 @@ def test_retrieval_full_scoring_trains_evaluates_and_exports(retrieval_data, tmp
 
 
 def test_retrieval_negatives_swap_the_caption_or_the_image(retrieval_data):
-    from oscar_hf.processors.task_collators import OscarRetrievalTrainCollator
+    from oscar_hf.processors.collators import OscarRetrievalTrainCollator
     from oscar_hf.training import load_processor, load_split
 
     data, tokenizer = retrieval_data
@@ -263,7 +274,7 @@ def test_retrieval_negatives_swap_the_caption_or_the_image(retrieval_data):
 
 
 def test_rerank_orders_only_the_first_stage_candidates():
-    from oscar_hf.finetuning import rerank_recall, tag_overlap_scores, top_k_mask
+    from oscar_hf.training.finetuning import rerank_recall, tag_overlap_scores, top_k_mask
 
     first_stage = np.array([[0.1, 0.9], [0.9, 0.1]])  # a first stage that prefers the wrong captions
     cross = np.eye(2)  # a cross-encoder that knows better

@@ -9,16 +9,13 @@ directory. The logits (and decoded captions) must equal those of the in-process 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from support import BLOCK_PACKAGE, REPO_ROOT
+from support import TF457_TARGET, run_isolated
 
 from oscar_hf.convert_original_checkpoint import convert_checkpoint
 
@@ -26,7 +23,6 @@ from oscar_hf.convert_original_checkpoint import convert_checkpoint
 pytestmark = [pytest.mark.remote_code, pytest.mark.slow]
 
 # Where .ci/run installs transformers 4.57 (+ huggingface_hub 0.36, tokenizers 0.22) with --target.
-TF457_TARGET = Path(os.environ.get("OSCAR_TF457_TARGET", REPO_ROOT / ".cache" / "tf457"))
 
 CASES = {
     # case: (task, Auto class of the task, how to call it)
@@ -37,7 +33,7 @@ CASES = {
     "caption_decode": ("captioning", "AutoModelForImageTextToText", "generate"),
 }
 
-LOADER = BLOCK_PACKAGE + textwrap.dedent(
+LOADER = textwrap.dedent(
     """
 
     import torch, transformers
@@ -120,22 +116,10 @@ def exported(fixture_dir, tmp_path_factory):
 
 
 def run_loader(jobs: list[dict], modules_cache: Path, extra_path: Path | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(modules_cache))
-    if extra_path is not None:
-        env["PYTHONPATH"] = str(extra_path)
-    result = subprocess.run(
-        [sys.executable, "-c", LOADER, json.dumps({"cases": jobs})],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=modules_cache.parent,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    line = next(line for line in result.stdout.splitlines() if "RESULT " in line)
-    return json.loads(line.split("RESULT ", 1)[1])
+    return run_isolated(
+        LOADER, json.dumps({"cases": jobs}), workdir=modules_cache.parent, extra_path=extra_path,
+        env={"HF_MODULES_CACHE": str(modules_cache)},
+    )  # fmt: skip
 
 
 def check(results: dict, jobs: list[dict]) -> None:

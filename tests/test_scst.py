@@ -6,7 +6,7 @@ import torch
 from support import tiny_config
 
 from oscar_hf import OscarForImageCaptioning
-from oscar_hf.scst import CiderReward, caption_log_probs, scst_loss
+from oscar_hf.training.scst import CiderReward, caption_log_probs, scst_loss
 
 
 def test_one_pass_log_probs_equal_the_decoder_step_scores():

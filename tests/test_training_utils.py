@@ -10,7 +10,6 @@ import torch
 from support import tiny_config
 
 from oscar_hf import OscarForPreTraining, OscarForSequenceClassification
-from oscar_hf.finetuning import text_lengths
 from oscar_hf.training import (
     LengthGroupedSampler,
     RecipeArguments,
@@ -22,6 +21,7 @@ from oscar_hf.training import (
     save_resolved_args,
     train_dataloader,
 )
+from oscar_hf.training.finetuning import text_lengths
 
 
 @dataclass

@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from oscar_hf.evaluation import coco_caption_scores
+from oscar_hf.metrics import coco_caption_scores
 
 
 _DESCRIPTION = """

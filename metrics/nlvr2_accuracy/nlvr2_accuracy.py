@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from oscar_hf.evaluation import nlvr2_accuracy
+from oscar_hf.metrics import nlvr2_accuracy
 
 
 _DESCRIPTION = """

@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from oscar_hf.evaluation import retrieval_recall
+from oscar_hf.metrics import retrieval_recall
 
 
 _DESCRIPTION = """
@@ -22,7 +22,7 @@ Args:
     num_folds (`int`, default 1), ks (default (1, 5, 10)), ties ("pessimistic" or "optimistic").
 Returns:
     i2t_R@K and t2i_R@K for each K (fractions in [0, 1]) and rsum, their sum.
-    For a 5000 x 25000 matrix call `oscar_hf.evaluation.retrieval_recall` directly: it takes the numpy
+    For a 5000 x 25000 matrix call `oscar_hf.metrics.retrieval_recall` directly: it takes the numpy
     or torch matrix without copying it into Arrow.
 Examples:
     >>> import evaluate

@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from oscar_hf.evaluation import vqa_accuracy
+from oscar_hf.metrics import vqa_accuracy
 
 
 _DESCRIPTION = """

@@ -14,7 +14,7 @@ from .builders import (
     VQABuilder,
 )
 from .errors import BadRowError, RowErrorPolicy
-from .regions import ParquetRegionSource, RegionRecord, RegionSource, TsvRegionSource, box_geometry
+from .regions import ParquetRegionSource, PrecomputedRegions, RegionRecord, RegionSource, TsvRegionSource, box_geometry
 from .tsv import TsvFile, write_lineidx
 from .writer import BuildSummary, build_dataset
 
@@ -26,6 +26,7 @@ __all__ = [
     "GQABuilder",
     "NLVR2Builder",
     "ParquetRegionSource",
+    "PrecomputedRegions",
     "PretrainCorpusBuilder",
     "RegionRecord",
     "RegionSource",

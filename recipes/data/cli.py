@@ -169,20 +169,6 @@ def _partitions(entries: Sequence[str]) -> list[tuple[str, str, str]]:
     return out
 
 
-def push_folder(folder: Path, repo_id: str, private: bool = False) -> str:
-    """Upload the README and Parquet shards of a built folder to a Hub dataset repo."""
-    from huggingface_hub import HfApi
-
-    if not (folder / "README.md").is_file():
-        raise FileNotFoundError(f"{folder} has no README.md; is it a folder written by `build`? Fix: build first.")
-    api = HfApi()
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    api.upload_folder(
-        folder_path=str(folder), repo_id=repo_id, repo_type="dataset", allow_patterns=["README.md", "data/*.parquet"]
-    )
-    return f"https://huggingface.co/datasets/{repo_id}"
-
-
 def _report(summary: BuildSummary) -> None:
     print(json.dumps({"out": str(summary.out), **summary.to_json()}, indent=2))
 
@@ -196,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in args.tsv:
                 print(write_lineidx(path))
         elif args.command == "push":
-            print(push_folder(args.folder, args.repo_id, args.private))
+            from oscar_hf.training.hub import push_folder
+
+            print(push_folder(args.folder, args.repo_id, repo_type="dataset", private=args.private))
         elif args.command == "detect":
             if args.images is None:
                 raise ValueError("detect needs --images DIR and --detector 'package.module:factory'.")

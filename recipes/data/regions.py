@@ -19,12 +19,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+import torch
+
+from oscar_hf.processors.image_processing_oscar import box_geometry as _box_geometry
 
 from .errors import BadRowError
 from .tsv import TsvFile
@@ -65,12 +68,9 @@ class RegionSource(Protocol):
 
 
 def box_geometry(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
-    """Oscar's 6 box dimensions `[x1/W, y1/H, x2/W, y2/H, w/W, h/H]` for xyxy pixel boxes."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    scale = np.array([width, height, width, height], dtype=np.float32)
-    normalised = boxes / scale
-    sizes = normalised[:, 2:4] - normalised[:, 0:2]
-    return np.concatenate([normalised, sizes], axis=1)
+    """Oscar's 6 box values for xyxy pixel boxes, as numpy (`image_processing_oscar.box_geometry` computes them)."""
+    boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    return _box_geometry(boxes, (height, width)).numpy()
 
 
 def _b64(text: str, path: Path, line: int, key: str) -> bytes:
@@ -428,3 +428,90 @@ def _none_if_missing(value) -> int | None:
         return None
     value = float(value)
     return None if np.isnan(value) else int(value)
+
+
+class PrecomputedRegions:
+    r"""Regions read from files, served by image id as the region dicts the processor and pipelines take.
+
+    `regions[image_id]` or `regions(image_ids)` give dicts with `features` and, when the files have
+    them, `boxes`, `tags`, `scores` and `image_size` (height, width): what
+    `OscarProcessor(..., regions=...)` and the pipelines accept. Constructors: `from_npz_folder`,
+    `from_torch`, `from_tsv` (the original files, read by `TsvRegionSource`).
+
+    Example:
+        >>> regions = PrecomputedRegions({"42": {"features": np.zeros((3, 2054), np.float32)}})
+        >>> regions["42"]["features"].shape
+        (3, 2054)
+    """
+
+    def __init__(self, records: Mapping[str, Mapping[str, Any]]) -> None:
+        self.records = {str(k): dict(v) for k, v in records.items()}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __contains__(self, image_id: object) -> bool:
+        return str(image_id) in self.records
+
+    def __getitem__(self, image_id: str | int) -> dict[str, Any]:
+        key = str(image_id)
+        if key not in self.records:
+            raise KeyError(f"No regions for image id {key!r} ({len(self.records)} images stored).")
+        return self.records[key]
+
+    def __call__(self, image_ids: Iterable[str | int]) -> list[dict[str, Any]]:
+        return [self[i] for i in image_ids]
+
+    @classmethod
+    def from_npz_folder(cls, folder: str | Path) -> PrecomputedRegions:
+        """`<image_id>.npz` files with `features` and optional `boxes`, `tags`, `scores`, `image_size`."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"Region folder {str(folder)!r} does not exist.")
+        records = {}
+        for path in sorted(folder.glob("*.npz")):
+            with np.load(path, allow_pickle=False) as data:
+                record = {k: data[k] for k in data.files}
+            if "features" not in record:
+                raise ValueError(f"{path.name} has no 'features' array (found {sorted(record)}).")
+            if "tags" in record:
+                record["tags"] = [str(t) for t in record["tags"]]
+            if "image_size" in record:
+                record["image_size"] = tuple(int(v) for v in record["image_size"])
+            records[path.stem] = record
+        return cls(records)
+
+    @classmethod
+    def from_torch(cls, path: str | Path) -> PrecomputedRegions:
+        """A `torch.save`d `{image_id: Tensor[N, 2054]}` dict (the original VQA/GQA/NLVR2 `*_feats.pt`)."""
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{path} holds {type(data).__name__}; expected a dict of image id -> (N, D) tensor.")
+        return cls({k: {"features": v.float().numpy()} for k, v in data.items()})
+
+    @classmethod
+    def from_tsv(
+        cls, feature_tsv: str | Path, label_tsv: str | Path | None = None, feature_dim: int = 2054
+    ) -> PrecomputedRegions:
+        """The original feature TSV (+ label TSV), every row read and checked by `TsvRegionSource`.
+
+        Reads whole files into memory; for corpora that do not fit use the dataset builders instead.
+        """
+        source = TsvRegionSource(feature_tsv, labels=label_tsv, feature_dim=feature_dim)
+        records = {}
+        for tsv in source.features.files:
+            for index in range(len(tsv)):
+                key = tsv.read_key(index)
+                records[key] = _region_dict(source.get(key))
+        return cls(records)
+
+
+def _region_dict(record: RegionRecord) -> dict[str, Any]:
+    region: dict[str, Any] = {"features": record.features, "tags": list(record.tags)}
+    if record.tag_scores:
+        region["scores"] = np.asarray(record.tag_scores, dtype=np.float32)
+    if len(record.boxes):
+        region["boxes"] = record.boxes
+    if record.image_width is not None and record.image_height is not None:
+        region["image_size"] = (record.image_height, record.image_width)
+    return region

@@ -8,7 +8,7 @@
   `top_k_mask` and `rerank_recall`.
 
 Example:
-    >>> from oscar_hf.finetuning import tag_overlap_scores
+    >>> from oscar_hf.training.finetuning import tag_overlap_scores
     >>> tag_overlap_scores([["dog", "couch"], ["red car"]], ["A dog on a couch.", "A red car."]).round(2).tolist()
     [[1.0, 0.0], [0.0, 1.0]]
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .training import RecipeArguments, load_processor
+from .loop import RecipeArguments, load_processor
 
 
 @dataclass
@@ -74,7 +74,7 @@ def text_lengths(dataset: Any, tokenizer: Any, text_key: str, tags_key: str | No
 
     Runs as a `datasets` map (progress bar, cached next to the dataset, so a second run is instant).
     """
-    from .processors.task_collators import _tags  # the collators' tag joining, so lengths match
+    from oscar_hf.processors.collators import _tags  # the collators' tag joining, so lengths match
 
     if text_key not in dataset.column_names:
         raise ValueError(f"Cannot measure text lengths: no column {text_key!r} (columns: {dataset.column_names}).")
@@ -194,7 +194,7 @@ def rerank_recall(
     first-stage order. Text-to-image likewise with `t2i_candidates`. Entries of `cross_scores`
     outside the candidates are ignored (they need not be computed).
     """
-    from .evaluation import retrieval_recall
+    from oscar_hf.metrics import retrieval_recall
 
     # Map first-stage scores into [0, 1) by rank so candidates (>= 1) always come first.
     def combined(candidates: np.ndarray, axis: int) -> np.ndarray:

@@ -12,68 +12,57 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from oscar_hf.registration import get_task
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_card.md"
 
-# task -> (Hub pipeline tag, human task name, model-index task type, Auto class, custom pipeline task)
-TASKS = {
-    "captioning": (
-        "image-to-text",
-        "Image Captioning",
-        "image-to-text",
-        "AutoModelForImageTextToText",
-        "oscar-captioning",
-    ),
-    "vqa": (
-        "visual-question-answering",
-        "Visual Question Answering",
-        "visual-question-answering",
-        "AutoModelForSequenceClassification",
-        "oscar-vqa",
-    ),
-    "gqa": (
-        "visual-question-answering",
-        "Visual Question Answering (GQA)",
-        "visual-question-answering",
-        "AutoModelForSequenceClassification",
-        "oscar-vqa",
-    ),
-    "retrieval": (
-        None,
-        "Image-Text Retrieval",
-        "image-text-retrieval",
-        "AutoModelForSequenceClassification",
-        "oscar-retrieval",
-    ),
-    "nlvr2": (None, "Visual Reasoning (NLVR2)", "visual-reasoning", "AutoModelForSequenceClassification", None),
-    "pretraining": (
-        "feature-extraction",
-        "Vision-Language Pre-training",
-        "feature-extraction",
-        "AutoModelForPreTraining",
-        None,
-    ),
+def _template_path() -> Path:
+    """`model_card.md`: packaged next to this file in a wheel, at the repository root in a checkout."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "model_card.md"
+    return packaged if packaged.is_file() else here.parents[1] / "model_card.md"
+
+
+TEMPLATE_PATH = _template_path()
+
+_PIPELINE_CALLS = {
+    "oscar-captioning": "pipe({image})",
+    "oscar-vqa": 'pipe({image}, question="what is on the table?")',
+    "oscar-retrieval": 'pipe(images=[{image}], texts=["a dog on a couch", "a plate of food"])',
 }
 
 
-def usage_snippet(repo_id: str, task: str) -> str:
-    """A runnable example for the card (the pipeline when the task has one, else the Auto class)."""
-    _, _, _, auto_class, pipeline_task = TASKS[task]
-    if pipeline_task is not None:
+def usage_snippet(
+    repo_id: str, task: str, *, has_pipeline: bool = True, has_detector: bool = False, region_feature_dim: int = 2048
+) -> str:
+    """A runnable example for the card: the pipeline when the folder has one, else the Auto class.
+
+    A folder without a detector cannot read a photo: its snippet passes precomputed regions (random
+    values that only show the call, said so in the snippet).
+    """
+    entry = get_task(task)
+    if entry.pipeline is None or not has_pipeline:
         return (
-            "from transformers import pipeline\n\n"
-            f'pipe = pipeline("{pipeline_task}", model="{repo_id}", trust_remote_code=True)\n'
-            + (
-                'print(pipe("photo.jpg"))'
-                if task == "captioning"
-                else 'print(pipe("photo.jpg", question="what is on the table?"))'
-                if task in ("vqa", "gqa")
-                else 'print(pipe(images=["photo.jpg"], texts=["a dog on a couch"]))'
-            )
+            f"from transformers import {entry.auto_class}\n\n"
+            f'model = {entry.auto_class}.from_pretrained("{repo_id}", trust_remote_code=True)'
         )
+    head = "from transformers import pipeline\n\n"
+    load = f'pipe = pipeline("{entry.pipeline}", model="{repo_id}", trust_remote_code=True)\n'
+    call = _PIPELINE_CALLS[entry.pipeline]
+    if has_detector:
+        return head + load + f"print({call.format(image=repr('photo.jpg'))})"
     return (
-        f"from transformers import {auto_class}\n\n"
-        f'model = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True)'
+        "import numpy as np\n"
+        + head
+        + load
+        + "# This folder carries no detector: pass the regions of the detector the model was trained on\n"
+        + "# (features, pixel boxes, image size, tags). Random values here only show the call.\n"
+        + "regions = {\n"
+        + f'    "features": np.random.rand(10, {region_feature_dim}).astype("float32"),\n'
+        + '    "boxes": np.array([[0, 0, 64, 48]] * 10, dtype="float32"),\n'
+        + '    "image_size": (480, 640),\n'
+        + '    "tags": ["dog"] * 10,\n'
+        + "}\n"
+        + f"print({call.format(image='regions')})"
     )
 
 
@@ -99,12 +88,14 @@ def build_model_card(
     max_img_seq_length: int = 50,
     description: str = "",
     template_path: str | os.PathLike | None = None,
+    has_pipeline: bool = True,
+    has_detector: bool = False,
 ) -> ModelCard:
     """Fills `model_card.md` for an exported folder.
 
     Args:
         repo_id: where the folder is (or will be) published, used in the usage snippet.
-        task: one of `TASKS` ("captioning", "vqa", "gqa", "retrieval", "nlvr2", "pretraining").
+        task: a key of `oscar_hf.registration.TASKS` ("captioning", "vqa", "gqa", "retrieval", "nlvr2", ...).
         results: metric name -> value (e.g. {"CIDEr": 1.23}); written to the card and `model-index`.
         dataset_id / dataset_name / dataset_split: what the results were measured on.
         base_model: the checkpoint training started from.
@@ -115,12 +106,11 @@ def build_model_card(
         >>> "model-index" in str(card)
         True
     """
-    if task not in TASKS:
-        raise ValueError(f"task={task!r} is not one of {sorted(TASKS)}.")
+    entry = get_task(task)
     template = Path(template_path) if template_path is not None else TEMPLATE_PATH
     if not template.is_file():
         raise FileNotFoundError(f"Model card template not found at {str(template)!r}; pass template_path.")
-    pipeline_tag, task_name, task_type, _, _ = TASKS[task]
+    pipeline_tag, task_name, task_type = entry.pipeline_tag, entry.display_name, entry.index_type
     results = results or {}
     dataset_name = dataset_name or dataset_id or "evaluation set"
     eval_results = [
@@ -157,7 +147,13 @@ def build_model_card(
         task_name=task_name,
         img_feature_dim=img_feature_dim,
         max_img_seq_length=max_img_seq_length,
-        usage_snippet=usage_snippet(repo_id, task),
+        usage_snippet=usage_snippet(
+            repo_id,
+            task,
+            has_pipeline=has_pipeline,
+            has_detector=has_detector,
+            region_feature_dim=img_feature_dim - 6,
+        ),
         feature_source=feature_source,
         base_model_text=base_model or "random initialisation",
         datasets_text=dataset_id or "not recorded",
@@ -166,28 +162,49 @@ def build_model_card(
     )
 
 
+# What each kind of folder must hold before it is pushed, and what of it is uploaded.
+_PUSH_RULES = {
+    "model": (
+        "config.json",
+        "export the model before pushing it",
+        None,
+        ["checkpoints/*", "step_*", "epoch_*", "runs/*", "*.tmp"],
+    ),
+    "dataset": ("README.md", "build the dataset before pushing it", ["README.md", "data/*.parquet"], None),
+}
+
+
 def push_folder(
     folder: str | os.PathLike,
     repo_id: str,
     *,
+    repo_type: str = "model",
     token: str | None = None,
     private: bool = False,
-    commit_message: str = "Upload Oscar model",
+    commit_message: str | None = None,
     api: HfApi | None = None,
 ) -> str:
-    """Creates `repo_id` (if needed) and uploads `folder` without training checkpoints; returns the commit URL."""
+    """Creates `repo_id` (if needed) and uploads an exported model or built dataset folder; returns the commit URL.
+
+    Models are uploaded without training checkpoints; datasets as their card and Parquet shards.
+    """
+    if repo_type not in _PUSH_RULES:
+        raise ValueError(f"repo_type={repo_type!r}; expected one of {sorted(_PUSH_RULES)}.")
+    required, fix, allow, ignore = _PUSH_RULES[repo_type]
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{str(folder)!r} has no config.json: export the model before pushing it.")
+    if not (folder / required).is_file():
+        raise FileNotFoundError(f"{str(folder)!r} has no {required}: {fix}.")
     api = api or HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type).repo_id
     commit = api.upload_folder(
         repo_id=repo_id,
+        repo_type=repo_type,
         folder_path=str(folder),
-        commit_message=commit_message,
-        ignore_patterns=["checkpoints/*", "step_*", "epoch_*", "runs/*", "*.tmp"],
+        commit_message=commit_message or f"Upload Oscar {repo_type}",
+        allow_patterns=allow,
+        ignore_patterns=ignore,
     )
     return str(getattr(commit, "commit_url", commit))
 
 
-__all__ = ["TASKS", "build_model_card", "push_folder", "usage_snippet"]
+__all__ = ["build_model_card", "push_folder", "usage_snippet"]

@@ -29,9 +29,10 @@ from typing import Any, Literal
 import torch
 from transformers import HfArgumentParser, PreTrainedModel, get_linear_schedule_with_warmup
 
-from .configuration_oscar import OscarConfig
+from oscar_hf.configuration_oscar import OscarConfig
+from oscar_hf.registration import export_folder
+
 from .hub import build_model_card, push_folder
-from .registration import auto_map_for, copy_remote_code
 
 
 @dataclass
@@ -221,7 +222,7 @@ def load_processor(name_or_path: str, max_img_seq_length: int | None = None, **p
     (an original checkpoint's vocab.txt, a BERT folder). Keyword arguments override the lengths."""
     from transformers import AutoTokenizer, BertTokenizerFast
 
-    from .processors import OscarProcessor, OscarRegionFeatureProcessor
+    from oscar_hf.processors import OscarProcessor, OscarRegionFeatureProcessor
 
     folder = Path(name_or_path)
     if (folder / "processor_config.json").is_file() or (folder / "preprocessor_config.json").is_file():
@@ -265,9 +266,10 @@ def load_model(model_class: type[PreTrainedModel], name_or_path: str | None, **c
     if raw.get("model_type") == "oscar":
         return model_class.from_pretrained(folder, **config_overrides)
     if "img_feature_dim" in raw and (folder / "pytorch_model.bin").is_file():
-        from .convert_original_checkpoint import TASK_CLASSES, convert_checkpoint
+        from oscar_hf.convert_original_checkpoint import convert_checkpoint
+        from oscar_hf.registration import task_for_model
 
-        task = next(name for name, cls in TASK_CLASSES.items() if cls is model_class)
+        task = task_for_model(model_class.__name__)
         return convert_checkpoint(folder, None, task, new_head=True, **config_overrides)
     if raw.get("model_type") == "bert":
         bert_fields = {
@@ -401,6 +403,8 @@ def train(
     compute_loss: Callable[[torch.nn.Module, dict, int], torch.Tensor],
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     checkpoint_objects: Iterable[Any] = (),
+    processor: Any = None,
+    task: str | None = None,
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Runs the optimisation loop; returns the prepared model and what happened.
 
@@ -410,6 +414,8 @@ def train(
             use `accelerator.gather_for_metrics` inside).
         checkpoint_objects: extra stateful objects (`state_dict`/`load_state_dict`), e.g. a
             `ResumableCollator`, saved and restored with the checkpoints.
+        processor / task: written into `best/` with the model, so it loads (and runs as a pipeline)
+            like `final/`.
     """
     from tqdm.auto import tqdm
 
@@ -462,7 +468,7 @@ def train(
             best_metrics = dict(metrics)
             best_dir = Path(args.output_dir) / "best"
             accelerator.wait_for_everyone()
-            save_model(accelerator, model, best_dir)
+            export_folder(model, best_dir, task=task, processor=processor, accelerator=accelerator)
 
     if args.eval_before_training and step == 0:
         run_eval()
@@ -514,27 +520,6 @@ def train(
 # ---------------------------------------------------------------------------------------- export
 
 
-def save_model(accelerator, model: torch.nn.Module, out_dir: str | os.PathLike, processor=None) -> Path:
-    """Saves the unwrapped model (+ processor) as a folder that loads with `trust_remote_code=True`.
-
-    Gathers the full state dict first, so it also works under DeepSpeed ZeRO-3 and FSDP.
-    """
-    out = Path(out_dir)
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.config.auto_map = auto_map_for(type(unwrapped).__name__)
-    unwrapped.config.architectures = [type(unwrapped).__name__]
-    state_dict = accelerator.get_state_dict(model)
-    unwrapped.save_pretrained(
-        out, is_main_process=accelerator.is_main_process, save_function=accelerator.save, state_dict=state_dict
-    )
-    if accelerator.is_main_process:
-        copy_remote_code(out)
-        if processor is not None:
-            processor.save_pretrained(out)
-    accelerator.wait_for_everyone()
-    return out
-
-
 def export(
     accelerator,
     model: torch.nn.Module,
@@ -546,7 +531,8 @@ def export(
     dataset_name: str | None = None,
 ) -> Path:
     """Final export: model + processor + code + model card in `output_dir/final`; pushed if asked."""
-    out = save_model(accelerator, model, Path(args.output_dir) / "final", processor=processor)
+    out = Path(args.output_dir) / "final"
+    card = None
     if accelerator.is_main_process:
         config = accelerator.unwrap_model(model).config
         repo_id = args.hub_model_id or f"local/{Path(args.output_dir).name}"
@@ -570,8 +556,10 @@ def export(
             },
             img_feature_dim=config.img_feature_dim,
             max_img_seq_length=config.max_img_seq_length,
+            has_pipeline=processor is not None,
         )
-        card.save(out / "README.md")
+    export_folder(model, out, task=task, processor=processor, card=card, accelerator=accelerator)
+    if accelerator.is_main_process:
         (out / "all_results.json").write_text(json.dumps(results or {}, indent=2), encoding="utf-8")
         if args.push_to_hub:
             url = push_folder(out, args.hub_model_id, token=args.hub_token, private=args.hub_private)
@@ -594,7 +582,6 @@ __all__ = [
     "make_accelerator",
     "optimizer_groups",
     "parse_recipe_args",
-    "save_model",
     "save_resolved_args",
     "train",
     "train_dataloader",

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .evaluation import CiderD, CiderDocumentFrequencies, simple_tokenize
+from oscar_hf.metrics import CiderD, CiderDocumentFrequencies, simple_tokenize
 
 
 def _scoring_mask(caption_valid: torch.Tensor, context_valid: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import numpy as np
 
 from oscar_hf.data import PretrainCorpusBuilder, build_dataset, read_corpus_yaml, write_lineidx
 from oscar_hf.data.original_format import write_tsv
-from support import BLOCK_PACKAGE, parity_fixture_dir
+from support import parity_fixture_dir, run_isolated
 from support.data import make_image, write_regions
 
 
@@ -56,9 +56,8 @@ def tiny_overrides(**extra) -> str:
     return json.dumps({**TINY_MODEL, **extra})
 
 
-LOAD_AND_RUN = (
-    BLOCK_PACKAGE
-    + """
+LOAD_AND_RUN = """
+import sys
 import torch, transformers
 from safetensors.torch import load_file
 folder, auto_class, inputs_file = sys.argv[1:4]
@@ -67,35 +66,20 @@ processor = transformers.AutoProcessor.from_pretrained(folder, trust_remote_code
 with torch.no_grad():
     out = model(**load_file(inputs_file))
 logits = out.logits if getattr(out, "logits", None) is not None else out.prediction_logits
-torch.save({"logits": logits, "processor": type(processor).__name__}, inputs_file + ".out")
+torch.save({"logits": logits}, inputs_file + ".out")
+print("RESULT " + json.dumps({"processor": type(processor).__name__}))
 """
-)
 
 
 def run_export_in_fresh_process(folder: Path, auto_class: str, inputs: dict, tmp_path: Path) -> dict:
     """Loads an exported folder with trust_remote_code where oscar_hf cannot be imported; runs `inputs`."""
-    import os
-    import subprocess
-    import sys
-
     import torch
     from safetensors.torch import save_file
 
     inputs_file = tmp_path / "inputs.safetensors"
     save_file({k: v.contiguous() for k, v in inputs.items()}, inputs_file)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_AND_RUN, str(folder), auto_class, str(inputs_file)],
-        capture_output=True,
-        text=True,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return torch.load(str(inputs_file) + ".out", weights_only=True)
+    reported = run_isolated(LOAD_AND_RUN, str(folder), auto_class, str(inputs_file), workdir=tmp_path, timeout=300)
+    return {**torch.load(str(inputs_file) + ".out", weights_only=True), **reported}
 
 
 def write_caption_data(root: Path, num_images: int = 6, seed: int = 0) -> Path:

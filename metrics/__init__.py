@@ -1,0 +1,54 @@
+"""Evaluation for Oscar / VinVL tasks, identical to the official scorers (installed as `oscar_hf.metrics`).
+
+The `evaluate` modules in this folder (`metrics/<name>/<name>.py`, loaded with
+`evaluate.load("./metrics/<name>")` or `load_metric(name)`) are thin wrappers around the code here,
+which recipes (SCST rewards, validation loops) also use directly:
+
+- `captioning`: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (+ SPICE) after PTB tokenisation; CIDEr-D
+  document frequencies for SCST;
+- `vqa`: VQA accuracy with the official answer normalisation, and Oscar's soft training targets;
+- `retrieval`: recall at 1/5/10 over a score matrix (COCO 1K folds and 5K);
+- `nlvr2`: accuracy and consistency;
+- `common`: where the `evaluate` modules live and which official scorers can run here.
+"""
+
+from .captioning import (
+    CAPTION_METRIC_NAMES,
+    CiderD,
+    CiderDocumentFrequencies,
+    bleu_score,
+    coco_caption_scores,
+    ptb_tokenize,
+    rouge_l_score,
+    simple_tokenize,
+)
+from .common import METRIC_NAMES, JavaStatus, java_status, load_metric, metric_path, spice_models_available
+from .nlvr2 import nlvr2_accuracy, nlvr2_sentence_id
+from .retrieval import retrieval_ranks, retrieval_recall
+from .vqa import normalize_vqa_answer, vqa_accuracy, vqa_answer_accuracy, vqa_soft_score
+
+
+__all__ = [
+    "CAPTION_METRIC_NAMES",
+    "METRIC_NAMES",
+    "CiderD",
+    "CiderDocumentFrequencies",
+    "JavaStatus",
+    "bleu_score",
+    "coco_caption_scores",
+    "java_status",
+    "load_metric",
+    "metric_path",
+    "nlvr2_accuracy",
+    "nlvr2_sentence_id",
+    "normalize_vqa_answer",
+    "ptb_tokenize",
+    "retrieval_ranks",
+    "retrieval_recall",
+    "rouge_l_score",
+    "simple_tokenize",
+    "spice_models_available",
+    "vqa_accuracy",
+    "vqa_answer_accuracy",
+    "vqa_soft_score",
+]
