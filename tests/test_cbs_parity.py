@@ -207,5 +207,5 @@ def test_bad_arguments_name_the_fix():
         constrained_beam_search(model, fsm=fsms[:1], **kwargs)
     with pytest.raises(ValueError, match="num_constraints"):
         constrained_beam_search(model, fsm=fsms, num_constraints=[0, 0], **kwargs)
-    with pytest.raises(ValueError, match="start token"):
+    with pytest.raises(ValueError, match="one token per image"):
         constrained_beam_search(model, fsm=fsms, input_ids=torch.ones(2, 3, dtype=torch.long), **kwargs)
