@@ -198,10 +198,21 @@ def convert_checkpoint(
     new_head: bool = False,
     read_training_args_file: bool = False,
     max_seq_length: int | None = None,
+    detector: str | os.PathLike | None = None,
     **config_overrides,
 ) -> torch.nn.Module:
-    """Converts `src` for `task`; writes the folder to `out` when given and returns the model."""
+    """Converts `src` for `task`; writes the folder to `out` when given and returns the model.
+
+    `detector` is a converted detector folder (`python -m oscar_hf.convert_vinvl_detector`): it is
+    copied into `out/detector` and the processor names it, so the pipelines run on raw photos.
+    """
     get_task(task)
+    if detector is not None and not (Path(detector) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"--detector {os.fspath(detector)!r} is not a detector folder (no config.json); convert the VinVL "
+            "checkpoint first: python -m oscar_hf.convert_vinvl_detector vinvl_vg_x152c4.pth --labelmap "
+            "VG-SGG-dicts-vgoi6-clipped.json DETECTOR_DIR"
+        )
     raw = rename_original_keys(load_original_state_dict(src))
     base = OscarConfig.from_original(src)
     overrides = _head_overrides(raw, base.hidden_size, task)
@@ -234,7 +245,10 @@ def convert_checkpoint(
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = _load_tokenizer(Path(src), Path(scratch), vocab)
         processor = _make_processor(tokenizer, config, max_seq_length or get_task(task).text_length)
-        export_folder(model, out, task=task, processor=processor)
+        if detector is not None:
+            # The folder carries its detector; "detector" is resolved against the model folder.
+            shutil.copytree(detector, out / "detector", dirs_exist_ok=True)
+        export_folder(model, out, task=task, processor=processor, detector="detector" if detector else None)
     return model
 
 
@@ -272,7 +286,12 @@ def _make_processor(tokenizer, config: OscarConfig, max_seq_length: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="example:\n  python -m oscar_hf.convert_original_checkpoint checkpoint-29-66420 oscar-base-coco-captioning "
+        "--task captioning --detector vinvl-detector",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("src", help="original checkpoint folder (pytorch_model.bin, config.json, vocab.txt)")
     parser.add_argument("out", help="output folder")
     parser.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -287,6 +306,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tag-length", type=int, default=None, help="tag tokens after the caption slot")
     parser.add_argument("--max-img-seq-length", type=int, default=None, help="region slots")
     parser.add_argument("--max-seq-length", type=int, default=None, help="processor text length (task default)")
+    parser.add_argument(
+        "--detector",
+        default=None,
+        help="a converted detector folder (convert_vinvl_detector output), copied into OUT_DIR/detector",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     overrides = {
@@ -306,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         new_head=args.new_head,
         read_training_args_file=args.read_training_args,
         max_seq_length=args.max_seq_length,
+        detector=args.detector,
         **overrides,
     )
     print(f"Wrote {args.out}")

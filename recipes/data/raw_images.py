@@ -38,11 +38,24 @@ class Detector(Protocol):
     def __call__(self, images: list) -> list[dict]: ...
 
 
+# The built-in adapters, by the names `--detector` accepts besides 'package.module:factory'.
+BUILTIN_DETECTORS = {
+    # {"name_or_path": folder} of an AutoModelForObjectDetection checkpoint (DETR, RT-DETR, YOLOS, ...)
+    "transformers": "oscar_hf.processors.detection_oscar:transformers_detector",
+    # {"backbone": timm name, ...}: RoIAlign features over boxes from a box source
+    "roi-align": "oscar_hf.processors.detection_oscar:RoIAlignFeatureExtractor",
+}
+
+
 def load_detector(spec: str, kwargs: dict | None = None) -> Detector:
-    """`package.module:factory` -> `factory(**kwargs)`, the callable detector it returns."""
+    """A built-in adapter's name (`BUILTIN_DETECTORS`) or `package.module:factory` -> `factory(**kwargs)`."""
+    spec = BUILTIN_DETECTORS.get(spec, spec)
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise ValueError(f"--detector must look like 'package.module:factory', got {spec!r}.")
+        raise ValueError(
+            f"--detector must be a built-in adapter ({', '.join(sorted(BUILTIN_DETECTORS))}) or look like "
+            f"'package.module:factory', got {spec!r}."
+        )
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
