@@ -247,15 +247,26 @@ def test_corpus_row_without_features(tmp_path):
         build_dataset(builder, tmp_path / "pt", progress=False)
 
 
+class FailOnce(CaptionBuilder):
+    """A caption builder that dies on image 105 (a stand-in for a killed run); describes itself as CaptionBuilder."""
+
+    def unit_rows(self, unit):
+        if unit[0].image_id == "105":
+            raise RuntimeError("interrupted")
+        yield from super().unit_rows(unit)
+
+
 def test_resume_and_plan_mismatch(world, regions, tmp_path):
     out = tmp_path / "cap"
     builder = CaptionBuilder(regions, [world.root / "dataset_coco.json"], rows="image")
-    first = build_dataset(builder, out, units_per_shard=1, progress=False)
-    assert first.shards_written == 6
-    shard = out / "data" / "test-00001-of-00003.parquet"
-    shard.unlink()  # as if the run had been killed before this shard
+    failing = FailOnce(regions, [world.root / "dataset_coco.json"], rows="image")
+    with pytest.raises(RuntimeError, match="interrupted"):  # as if the run had died in its 5th shard
+        build_dataset(failing, out, units_per_shard=1, progress=False)
+    assert not out.exists()  # the finished shards wait in the hidden sibling, not in OUT
     second = build_dataset(builder, out, units_per_shard=1, progress=False)
-    assert (second.shards_written, second.shards_resumed) == (1, 5) and second.rows == first.rows
+    assert (second.shards_written, second.shards_resumed) == (2, 4)
+    assert second.rows == {"train": 2, "val": 1, "test": 3}
+    assert build_dataset(builder, out, units_per_shard=1, progress=False).shards_resumed == 6  # complete
     assert load(out, "test")["image_id"][:] == ["104", "105", "106"]
     with pytest.raises(ValueError, match="other inputs or options.*--overwrite"):
         build_dataset(builder, out, units_per_shard=2, progress=False)

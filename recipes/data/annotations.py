@@ -36,6 +36,15 @@ def read_json(path: str | Path):
 
 
 def _need(entry: dict, keys: tuple[str, ...], path: Path, where: str, row_id=None) -> None:
+    if not isinstance(entry, dict):
+        raise BadRowError(
+            "annotation",
+            path,
+            None,
+            None if row_id is None else str(row_id),
+            f"{where} is {type(entry).__name__} {str(entry)[:60]!r}; expected an object with keys {list(keys)}.",
+            "check that the file is the annotation format the builder expects.",
+        )
     missing = [key for key in keys if key not in entry]
     if missing:
         raise BadRowError(
@@ -46,6 +55,20 @@ def _need(entry: dict, keys: tuple[str, ...], path: Path, where: str, row_id=Non
             f"{where} lacks {missing}; expected keys {list(keys)}.",
             "check that the file is the annotation format the builder expects.",
         )
+
+
+def _list_field(entry: dict, key: str, path: Path, where: str) -> list:
+    value = entry[key]
+    if not isinstance(value, list):
+        raise BadRowError(
+            "annotation",
+            path,
+            None,
+            None,
+            f"{where}.{key} is {type(value).__name__} {str(value)[:60]!r}; expected a list.",
+            "check that the file is the annotation format the builder expects.",
+        )
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,8 +111,11 @@ def read_karpathy(path: str | Path) -> dict[str, list[CaptionImage]]:
         where = f"images[{number}]"
         _need(entry, ("split", "filename", "sentences"), path, where)
         split = KARPATHY_SPLITS.get(entry["split"], entry["split"])
-        captions = [sentence["raw"].strip() for sentence in entry["sentences"]]
-        ids = [int(sentence.get("sentid", -1)) for sentence in entry["sentences"]]
+        sentences = _list_field(entry, "sentences", path, where)
+        for position, sentence in enumerate(sentences):
+            _need(sentence, ("raw",), path, f"{where}.sentences[{position}]", row_id=_karpathy_image_id(entry))
+        captions = [str(sentence["raw"]).strip() for sentence in sentences]
+        ids = [int(sentence.get("sentid", -1)) for sentence in sentences]
         splits[split].append(CaptionImage(_karpathy_image_id(entry), captions, ids, where=f"{path}, {where}"))
     return dict(splits)
 
@@ -147,7 +173,10 @@ def read_vqa(questions_path: str | Path, annotations_path: str | Path | None) ->
                 "annotation", annotations_path, None, None, 'VQA annotation file needs "annotations".', ""
             )
         for number, entry in enumerate(data["annotations"]):
-            _need(entry, ("question_id", "answers"), annotations_path, f"annotations[{number}]")
+            where = f"annotations[{number}]"
+            _need(entry, ("question_id", "answers"), annotations_path, where)
+            for position, answer in enumerate(_list_field(entry, "answers", annotations_path, where)):
+                _need(answer, ("answer",), annotations_path, f"{where}.answers[{position}]", entry["question_id"])
             answers[int(entry["question_id"])] = entry
     examples = []
     for number, entry in enumerate(questions["questions"]):

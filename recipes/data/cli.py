@@ -120,7 +120,8 @@ def _image_regions_builder(args: argparse.Namespace) -> ImageRegionsBuilder:
 
 def _region_source(args: argparse.Namespace) -> RegionSource:
     if args.images is not None:
-        regions_out = args.out / "_regions"
+        # A sibling, not a subfolder: --out holds only what its own build lists in its manifest.
+        regions_out = args.out.parent / f"{args.out.name}-regions"
         build_dataset(_image_regions_builder(args), regions_out, **_writer_kwargs(args))
         return ParquetRegionSource(regions_out)
     if args.regions is not None:
@@ -193,5 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _report(build_dataset(make_builder(args), args.out, **_writer_kwargs(args)))
     except (BadRowError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # unreadable input, full disk: the reason without a traceback
+        print(f"error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return 2
     return 0

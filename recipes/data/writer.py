@@ -6,9 +6,17 @@ Layout of an output folder (what `push_to_hub` writes, so it loads the same loca
     OUT/data/{split}-{i:05d}-of-{n:05d}.parquet     shards, each written by `Dataset.from_generator`
     OUT/.build/plan.json                            what was planned (checked again when resuming)
     OUT/.build/{split}-{i:05d}.json                 rows and skipped bad rows of a finished shard
+    OUT/oscar_build.json                            our manifest: the plan and every file the build wrote
 
-A shard counts as done when its Parquet file and its state file both exist; shards are written to a
-temporary name and renamed, so an interrupted run leaves no half shard and a rerun continues.
+Nothing is lost and nothing half-built looks like a dataset:
+
+- the work happens in a hidden sibling, `.OUT.oscar-partial/`, which `load_dataset(OUT)` never sees;
+  it is moved into place only once every shard is written, so a failed or killed build leaves no
+  `OUT` (or the previous, complete one) and a rerun resumes from the shards kept in the sibling;
+- a shard counts as done when its Parquet file and its state file both exist; shards are written to
+  a temporary name and renamed, so an interrupted run leaves no half shard;
+- `overwrite` removes only the files listed in an earlier build's `oscar_build.json`; a non-empty
+  `OUT` without that manifest is refused, and so is an `OUT` that equals or contains an input.
 """
 
 from __future__ import annotations
@@ -164,22 +172,94 @@ def _plan_record(builder: TaskBuilder, shards: list[Shard], units_per_shard: int
     }
 
 
-def _check_or_write_plan(out: Path, record: dict, overwrite: bool) -> None:
-    plan_file = out / ".build" / "plan.json"
-    if overwrite and out.exists():
-        shutil.rmtree(out / "data", ignore_errors=True)
-        shutil.rmtree(out / ".build", ignore_errors=True)
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    (out / ".build").mkdir(parents=True, exist_ok=True)
-    if plan_file.is_file():
-        previous = json.loads(plan_file.read_text())
-        if previous != record:
+MANIFEST = "oscar_build.json"
+_MANIFEST_FORMAT = "oscar_hf.data build"
+
+
+def partial_folder(out: Path) -> Path:
+    """Where a build of `out` works until it is complete: a hidden sibling `load_dataset(out)` never reads."""
+    return out.parent / f".{out.name}.oscar-partial"
+
+
+def read_manifest(out: Path) -> dict | None:
+    """The `oscar_build.json` of an earlier build of ours in `out`, or None when `out` holds none."""
+    file = out / MANIFEST
+    if not file.is_file():
+        return None
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError:
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == _MANIFEST_FORMAT else None
+
+
+def _input_paths(value: Any) -> list[Path]:
+    """Every existing file or folder named anywhere in a builder's `describe()`."""
+    if isinstance(value, dict):
+        return [path for item in value.values() for path in _input_paths(item)]
+    if isinstance(value, (list, tuple)):
+        return [path for item in value for path in _input_paths(item)]
+    if isinstance(value, (str, os.PathLike)) and str(value):
+        try:
+            path = Path(value)
+            return [path] if path.exists() else []
+        except (OSError, ValueError):  # not a path at all (a detector spec, a JSON string)
+            return []
+    return []
+
+
+def check_out_is_safe(out: Path, inputs: dict) -> None:
+    """Refuse an `out` that equals or contains an input of the build (a rebuild would delete it)."""
+    target = out.resolve()
+    for path in _input_paths(inputs):
+        source = path.resolve()
+        if source == target or target in source.parents:
             raise ValueError(
-                f"{out} already holds a build with other inputs or options ({plan_file}). "
-                "Fix: pass --overwrite to rebuild it, or choose another --out."
+                f"--out {out} {'is' if source == target else 'contains'} the build input {path}; "
+                "a build writes and, with --overwrite, replaces files under --out. "
+                "Fix: choose an --out folder outside the input files (e.g. a new sibling folder)."
             )
-        return
-    plan_file.write_text(json.dumps(record, indent=2, sort_keys=True))
+
+
+def _check_out_folder(out: Path, record: dict, overwrite: bool) -> dict | None:
+    """What `out` holds now: None (new or empty) or the manifest of our earlier build; anything else is refused."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file. Fix: pass a folder path (new, empty, or an earlier build).")
+    manifest = read_manifest(out)
+    if manifest is None and out.is_dir() and any(out.iterdir()):
+        raise ValueError(
+            f"--out {out} is not empty and holds no {MANIFEST}, so it is not an earlier build of ours; "
+            "nothing in it is written or removed. Fix: choose a new or empty --out folder."
+        )
+    if manifest is not None and manifest.get("plan") != record and not overwrite:
+        raise ValueError(
+            f"{out} already holds a build with other inputs or options ({out / MANIFEST}). "
+            "Fix: pass --overwrite to rebuild it, or choose another --out."
+        )
+    return manifest
+
+
+def _prepare_partial(work: Path, record: dict, overwrite: bool) -> None:
+    """Create the work folder or check that the progress it keeps belongs to this plan."""
+    plan_file = work / ".build" / "plan.json"
+    if work.exists():
+        ours = plan_file.is_file() or not any(work.iterdir())
+        if not ours:
+            raise ValueError(
+                f"{work} exists but holds no .build/plan.json of an unfinished build. "
+                "Fix: move it away (it is not ours, so it is neither reused nor removed)."
+            )
+        if overwrite:
+            shutil.rmtree(work)  # progress of our own unfinished build: --overwrite starts from scratch
+        elif plan_file.is_file() and json.loads(plan_file.read_text()) != record:
+            raise ValueError(
+                f"{work} holds an unfinished build with other inputs or options ({plan_file}). "
+                "Fix: pass --overwrite to rebuild it, or rerun with the options of that build to resume it."
+            )
+    (work / "data").mkdir(parents=True, exist_ok=True)
+    (work / ".build").mkdir(parents=True, exist_ok=True)
+    if not plan_file.is_file():
+        plan_file.write_text(json.dumps(record, indent=2, sort_keys=True))
 
 
 def _is_done(out: Path, shard: Shard) -> bool:
@@ -209,6 +289,44 @@ def write_dataset_card(out: Path, builder: TaskBuilder, splits: list[str]) -> No
     (out / "README.md").write_text("\n".join(lines))
 
 
+def _finish(work: Path, out: Path, record: dict, previous: dict | None) -> None:
+    """Move a complete build into `out`, replacing only the files an earlier build of ours listed."""
+    for leftover in [*(work / ".build").glob(".cache-*"), *(work / "data").glob(".*.tmp")]:
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    files = sorted(str(path.relative_to(work)) for path in work.rglob("*") if path.is_file())
+    manifest = {"format": _MANIFEST_FORMAT, "plan": record, "files": [*files, MANIFEST]}
+    (work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    if previous is None and (not out.exists() or not any(out.iterdir())):
+        if out.exists():
+            out.rmdir()
+        os.replace(work, out)
+        return
+    for name in (previous or {}).get("files", []):
+        old = out / name
+        if old.is_file() and out.resolve() in old.resolve().parents:
+            old.unlink()
+    for name in [*files, MANIFEST]:
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work / name, target)
+    for folder in sorted((path for path in out.rglob("*") if path.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(folder.iterdir()):
+            folder.rmdir()  # folders only our old files were in
+    shutil.rmtree(work)
+
+
+def _summary_from_manifest(out: Path, shards: list[Shard]) -> BuildSummary:
+    summary = BuildSummary(out=out)
+    policy = RowErrorPolicy(skip_bad_rows=True)
+    for shard in shards:
+        state_file = out / ".build" / f"{shard.name}.json"
+        if state_file.is_file():
+            _record(summary, policy, shard, json.loads(state_file.read_text()))
+            summary.shards_resumed += 1
+    summary.bad_rows, summary.bad_examples = dict(policy.counts), policy.examples
+    return summary
+
+
 def build_dataset(
     builder: TaskBuilder,
     out: str | Path,
@@ -222,34 +340,53 @@ def build_dataset(
 ) -> BuildSummary:
     """Build every split of `builder` into Parquet shards under `out`, resuming finished shards.
 
-    `node_rank`/`num_nodes` let several machines build disjoint shards of one corpus into a shared
-    folder (shard `i` belongs to node `i % num_nodes`).
+    The shards are written into `.OUT.oscar-partial/` next to `out` and moved into `out` when every
+    shard exists (see the module docstring). `node_rank`/`num_nodes` let several machines build
+    disjoint shards of one corpus into a shared folder (shard `i` belongs to node `i % num_nodes`);
+    the node that completes the last shard moves the build into place.
     """
     if not 0 <= node_rank < num_nodes:
         raise ValueError(f"node_rank must be in [0, {num_nodes}), got {node_rank}.")
     out = Path(out)
+    check_out_is_safe(out, builder.describe())
     shards = plan_shards(builder.plan(), units_per_shard)
-    _check_or_write_plan(out, _plan_record(builder, shards, units_per_shard), overwrite)
+    record = _plan_record(builder, shards, units_per_shard)
+    previous = _check_out_folder(out, record, overwrite)
     mine = [shard for position, shard in enumerate(shards) if position % num_nodes == node_rank]
+    if previous is not None and previous.get("plan") == record and not overwrite:
+        missing = [name for name in previous.get("files", []) if not (out / name).is_file()]
+        if missing:
+            raise ValueError(
+                f"{out} is a finished build that lost {len(missing)} of its files (first {missing[0]!r}). "
+                "Fix: pass --overwrite to rebuild it."
+            )
+        logger.info("%s is already complete: nothing to build", out)
+        return _summary_from_manifest(out, mine)
+    work = partial_folder(out)
+    _prepare_partial(work, record, overwrite)
     summary = BuildSummary(out=out)
     policy = RowErrorPolicy(skip_bad_rows=True)  # only aggregates the shards' counts
     pending = []
     for shard in mine:
-        if _is_done(out, shard):
-            _record(summary, policy, shard, json.loads((out / ".build" / f"{shard.name}.json").read_text()))
+        if _is_done(work, shard):
+            _record(summary, policy, shard, json.loads((work / ".build" / f"{shard.name}.json").read_text()))
             summary.shards_resumed += 1
         else:
             pending.append(shard)
     if summary.shards_resumed:
-        logger.info("resuming %s: %d shards already built", out, summary.shards_resumed)
-    _run_pending(builder, pending, out, num_proc, skip_bad_rows, progress, summary, policy)
+        logger.info("resuming %s: %d shards already built in %s", out, summary.shards_resumed, work)
+    _run_pending(builder, pending, work, num_proc, skip_bad_rows, progress, summary, policy)
     summary.bad_rows, summary.bad_examples = dict(policy.counts), policy.examples
-    write_dataset_card(out, builder, sorted({shard.split for shard in shards}))
-    (out / ".build" / f"summary-node{node_rank}.json").write_text(json.dumps(summary.to_json(), indent=2))
+    (work / ".build" / f"summary-node{node_rank}.json").write_text(json.dumps(summary.to_json(), indent=2))
     if policy.total:
         logger.warning(
             "%s: skipped %d bad rows %s (see .build/summary-*.json)", out, policy.total, dict(policy.counts)
         )
+    if all(_is_done(work, shard) for shard in shards):
+        write_dataset_card(work, builder, sorted({shard.split for shard in shards}))
+        _finish(work, out, record, previous)
+    else:
+        logger.info("%s: this node's shards are done; the build moves into place when the others finish", work)
     return summary
 
 
