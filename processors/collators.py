@@ -140,8 +140,6 @@ class OscarPretrainingCollator:
         negatives: optional pool of examples to draw polluting texts from; by default other
             examples of the batch (with a different `image_id` when given).
         generator: seeded `torch.Generator`; every random choice comes from it.
-        original_labels: return labels as the original (`-1` off target, spanning text + regions)
-            instead of `-100` over the text.
         max_seq_length: text length (35 in Oscar pre-training); defaults to the processor's.
 
     Example:
@@ -160,7 +158,6 @@ class OscarPretrainingCollator:
         mask_polluted_text_b: bool = True,
         negatives: Sequence[Mapping[str, Any]] | None = None,
         generator: torch.Generator | None = None,
-        original_labels: bool = False,
         max_seq_length: int | None = None,
     ) -> None:
         if num_contrast_classes not in (2, 3):
@@ -183,7 +180,6 @@ class OscarPretrainingCollator:
         self.mask_polluted_text_b = mask_polluted_text_b
         self.negatives = list(negatives) if negatives is not None else None
         self.generator = generator
-        self.original_labels = original_labels
         self.max_seq_length = max_seq_length
 
     def _draw_other(self, pool: Sequence[Mapping[str, Any]], example: Mapping[str, Any], own: int | None) -> Mapping:
@@ -241,11 +237,6 @@ class OscarPretrainingCollator:
             self.generator,
         )
         batch["input_ids"] = input_ids
-        if self.original_labels:
-            regions = batch["img_feats"].shape[1] if "img_feats" in batch else 0
-            labels = torch.cat(
-                [labels.masked_fill(labels == -100, -1), labels.new_full((labels.shape[0], regions), -1)], 1
-            )
         batch["labels"] = labels
         batch["contrastive_labels"] = torch.tensor(contrastive, dtype=torch.long)
         return batch
@@ -260,8 +251,6 @@ class OscarCaptioningCollator:
             (Python `round`), at least 1 and at most `max_masked_tokens`.
         max_masked_tokens: cap on targets per caption (3).
         generator: seeded `torch.Generator`.
-        return_original: also return `masked_pos` (batch, Lt) int32 and `masked_ids`
-            (batch, max_masked_tokens) padded with `[PAD]`, the original training tensors.
 
     Returns `input_ids`, `token_type_ids`, 3-D `attention_mask`, `img_feats` and `labels`
     (batch, Lt): -100 everywhere except masked caption positions, which hold the original id.
@@ -277,7 +266,6 @@ class OscarCaptioningCollator:
         mask_probability: float = 0.15,
         max_masked_tokens: int = 3,
         generator: torch.Generator | None = None,
-        return_original: bool = False,
     ) -> None:
         if not 0.0 < mask_probability <= 1.0 or max_masked_tokens < 1:
             raise ValueError(
@@ -288,7 +276,6 @@ class OscarCaptioningCollator:
         self.mask_probability = mask_probability
         self.max_masked_tokens = max_masked_tokens
         self.generator = generator
-        self.return_original = return_original
 
     def num_masked(self, caption_length: int) -> int:
         """Targets for a caption of `caption_length` tokens including `[CLS]` and `[SEP]` (the original rule)."""
@@ -312,13 +299,6 @@ class OscarCaptioningCollator:
         masked, labels = _replace(input_ids, chosen, len(tokenizer), tokenizer.mask_token_id, self.generator)
         batch["input_ids"] = masked
         batch["labels"] = labels
-        if self.return_original:
-            batch["masked_pos"] = chosen.to(torch.int32)
-            masked_ids = torch.full((len(examples), self.max_masked_tokens), tokenizer.pad_token_id, dtype=torch.long)
-            for row in range(len(examples)):
-                targets = input_ids[row][chosen[row]]
-                masked_ids[row, : targets.numel()] = targets
-            batch["masked_ids"] = masked_ids
         return batch
 
 

@@ -32,7 +32,6 @@ from .image_processing_oscar import OscarRegionFeatureProcessor
 
 TagsInput = str | Sequence[str] | None
 TEXT_PADDING = ("max_length", "longest")
-MASK_LAYOUTS = ("text", "full")
 
 
 def join_tags(tags: TagsInput) -> str:
@@ -298,7 +297,6 @@ class OscarProcessor(ProcessorMixin):
         max_seq_length: int | None = None,
         padding: str | None = None,
         truncation: bool = True,
-        mask_layout: str = "text",
         allow_empty_text: bool = False,
         return_tensors: str = "pt",
         **region_kwargs: Any,
@@ -316,9 +314,6 @@ class OscarProcessor(ProcessorMixin):
             padding: "max_length" (original) or "longest".
             truncation: truncate text and tags together ("longest first", ties cut the tags). With
                 False, a pair that does not fit raises a ValueError.
-            mask_layout: "text" returns `attention_mask` (batch, Lt) plus `img_attention_mask`
-                (the model concatenates them); "full" returns one (batch, Lt + R) mask and no
-                `img_attention_mask`, as the original tensorizers did.
             allow_empty_text: accept an empty text (the layout becomes `[CLS] [SEP] tags [SEP]`).
             return_tensors: only "pt" is supported.
         """
@@ -326,8 +321,6 @@ class OscarProcessor(ProcessorMixin):
             raise ValueError("text is required for this layout; use caption_prompt() for caption generation.")
         if return_tensors != "pt":
             raise ValueError(f"return_tensors={return_tensors!r}; OscarProcessor returns PyTorch tensors ('pt').")
-        if mask_layout not in MASK_LAYOUTS:
-            raise ValueError(f"mask_layout={mask_layout!r}; expected one of {MASK_LAYOUTS}.")
         texts = self._texts(text, "text", allow_empty_text)
         batch = len(texts)
         tag_strings = self._tags_list(tags, batch, regions)
@@ -340,8 +333,6 @@ class OscarProcessor(ProcessorMixin):
         input_ids, token_type_ids, attention_mask = self._pad_rows(rows, types, width)
         data = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
         data.update(self._regions(batch, regions, region_features, boxes, image_sizes, **region_kwargs))
-        if mask_layout == "full" and "img_attention_mask" in data:
-            data["attention_mask"] = torch.cat([attention_mask, data.pop("img_attention_mask")], dim=1)
         if labels is not None:
             data["labels"] = self._labels(labels)
         return BatchFeature(data=data)
@@ -492,34 +483,6 @@ class OscarProcessor(ProcessorMixin):
         data = self._caption_batch(
             self._tokenize(captions), tag_strings, region_data, max_caption_length, max_tag_length
         )
-        return BatchFeature(data=data)
-
-    def caption_decode_layout(
-        self,
-        tags: Any = None,
-        regions: Sequence[Mapping[str, Any]] | None = None,
-        region_features: Any = None,
-        boxes: Any = None,
-        image_sizes: Any = None,
-        batch_size: int | None = None,
-        max_caption_length: int | None = None,
-        max_tag_length: int | None = None,
-        **region_kwargs: Any,
-    ) -> BatchFeature:
-        """The original test-time layout: `[CLS] [MASK]... [SEP]` caption slot, tags, 3-D mask, `masked_pos`.
-
-        This is what the original `BertForImageCaptioning.generate` received (its `input_ids`,
-        `token_type_ids`, `attention_mask`, `img_feats` and `masked_pos` (all ones, int32)). Use it
-        to feed converted code paths that expect the original tensors; `caption_prompt` gives the
-        inputs of `OscarForImageCaptioning.generate`.
-        """
-        batch = self._prompt_batch(tags, regions, region_features, batch_size)
-        tag_strings = self._tags_list(tags, batch, regions)
-        caption_slot = int(max_caption_length or self.max_caption_length)
-        placeholders = [[self.tokenizer.mask_token_id] * (caption_slot - 2)] * batch
-        region_data = self._regions(batch, regions, region_features, boxes, image_sizes, **region_kwargs)
-        data = self._caption_batch(placeholders, tag_strings, region_data, caption_slot, max_tag_length)
-        data["masked_pos"] = torch.ones_like(data["input_ids"], dtype=torch.int32)
         return BatchFeature(data=data)
 
     def caption_prompt(

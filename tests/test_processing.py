@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from support import TF457_TARGET, parity_cases, run_isolated, tiny_config
+from support import TF457_TARGET, original, parity_cases, run_isolated, tiny_config
 from transformers import AutoProcessor, BertTokenizerFast
 
 from oscar_hf.processors import OscarProcessor, OscarRegionFeatureProcessor, box_geometry, truncate_pair
@@ -67,8 +67,8 @@ def test_caption_decode_layout_matches_original(fixture_dir, tokenizer, name):
         tokenizer, layout["max_img_seq_length"], max_caption_length=slot, max_tag_length=text_len - slot
     )
     region_mask = inputs["attention_mask"][:, slot, text_len:]  # a tag row sees every real region
-    out = processor.caption_decode_layout(
-        info["tags"], region_features=valid_regions(inputs["img_feats"], region_mask)
+    out = original.caption_decode_layout(
+        processor, info["tags"], region_features=valid_regions(inputs["img_feats"], region_mask)
     )
     assert set(out) == set(inputs)
     for key, expected in inputs.items():
@@ -121,8 +121,8 @@ def test_classification_layout_matches_original(fixture_dir, tokenizer, name):
         tags=list(tags),
         region_features=valid_regions(inputs["img_feats"], region_mask),
         labels=inputs["labels"],
-        mask_layout="full",
     )
+    out = original.full_attention_mask(out)
     assert set(out) == set(inputs)
     for key, expected in inputs.items():
         assert out[key].dtype == expected.dtype, key
@@ -150,8 +150,8 @@ def test_nlvr2_layout_matches_original(fixture_dir, tokenizer, name):
         tags=[[c[1] for c in r] for r in rows],
         region_features=features,
         labels=inputs["labels"],
-        mask_layout="full",
     )
+    out = original.full_attention_mask(out)
     for key, expected in inputs.items():
         assert torch.equal(out[key], expected), key
 
