@@ -20,6 +20,7 @@ import argparse as _argparse
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -59,15 +60,49 @@ class CheckpointLayoutError(ValueError):
     """The checkpoint does not have the tensors the requested task needs."""
 
 
+def _weights_only_load(file: Path, what: str):
+    """`torch.load(weights_only=True)` whose failures name the file and, for a refused pickle, its global.
+
+    torch's own refusal message ends with the advice to retry with `weights_only=False`, which would
+    let the file run code; that advice is left out on purpose.
+    """
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        text = str(error)
+        found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: ([\w.]+)", text)
+        if "Weights only load failed" in text or found:
+            offending = found.group(1) if found else "an object that is not a tensor"
+            raise ValueError(
+                f"{file}: refused to unpickle {what}: it references {offending}, which weights-only loading does "
+                "not allow (it could run code). Expected a plain state dict of tensors. Fix: re-save it as "
+                "`torch.save(model.state_dict(), ...)` on a trusted machine, or export safetensors."
+            ) from None
+        raise ValueError(
+            f"{file} is not a torch file ({text.splitlines()[0] if text else type(error).__name__}); expected "
+            f"{what} written by `torch.save`. Fix: check the path, or re-download a truncated file."
+        ) from None
+    except Exception as error:  # noqa: BLE001 - torch raises KeyError, RuntimeError, EOFError... on non-torch bytes
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(
+            f"{file} is not a readable torch file ({first}); expected {what} written by `torch.save`. "
+            "Fix: check the path, or re-download a truncated file."
+        ) from None
+
+
 def load_original_state_dict(src: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Reads `pytorch_model.bin` with `weights_only=True` (no code runs while unpickling)."""
     path = Path(src)
     file = path / "pytorch_model.bin" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"No pytorch_model.bin at {str(file)!r}: pass the original checkpoint folder.")
-    state_dict = torch.load(file, map_location="cpu", weights_only=True)
+    state_dict = _weights_only_load(file, "the checkpoint's state dict")
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise CheckpointLayoutError(f"{file} is not a state dict of tensors.")
+        kind = type(state_dict).__name__
+        raise CheckpointLayoutError(
+            f"{file} holds a {kind}, not a state dict of tensors. Fix: pass the pytorch_model.bin the original "
+            "code saved with `torch.save(model.state_dict(), ...)`."
+        )
     return state_dict
 
 
@@ -128,7 +163,9 @@ def read_training_args(src: str | os.PathLike) -> dict:
     if not file.is_file():
         raise FileNotFoundError(f"No training_args.bin in {str(src)!r}.")
     with torch.serialization.safe_globals([_argparse.Namespace]):
-        args = torch.load(file, map_location="cpu", weights_only=True)
+        args = _weights_only_load(file, "the training arguments (an argparse.Namespace)")
+    if not isinstance(args, _argparse.Namespace):
+        raise ValueError(f"{file} holds a {type(args).__name__}; expected the original argparse.Namespace.")
     values = vars(args)
     fields = {}
     if "max_seq_a_length" in values:
@@ -199,6 +236,7 @@ def convert_checkpoint(
     read_training_args_file: bool = False,
     max_seq_length: int | None = None,
     detector: str | os.PathLike | None = None,
+    overwrite: bool = False,
     **config_overrides,
 ) -> torch.nn.Module:
     """Converts `src` for `task`; writes the folder to `out` when given and returns the model.
@@ -207,6 +245,8 @@ def convert_checkpoint(
     copied into `out/detector` and the processor names it, so the pipelines run on raw photos.
     """
     get_task(task)
+    if out is not None:
+        check_output_folder(src, out, overwrite)
     if detector is not None and not (Path(detector) / "config.json").is_file():
         raise FileNotFoundError(
             f"--detector {os.fspath(detector)!r} is not a detector folder (no config.json); convert the VinVL "
@@ -242,14 +282,49 @@ def convert_checkpoint(
             num_beams=5,
             original_decoding=True,
         )
-    with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = _load_tokenizer(Path(src), Path(scratch), vocab)
-        processor = _make_processor(tokenizer, config, max_seq_length or get_task(task).text_length)
-        if detector is not None:
-            # The folder carries its detector; "detector" is resolved against the model folder.
-            shutil.copytree(detector, out / "detector", dirs_exist_ok=True)
-        export_folder(model, out, task=task, processor=processor, detector="detector" if detector else None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            tokenizer = _load_tokenizer(Path(src), Path(scratch), vocab)
+            processor = _make_processor(tokenizer, config, max_seq_length or get_task(task).text_length)
+            if detector is not None:
+                # The folder carries its detector; "detector" is resolved against the model folder.
+                shutil.copytree(detector, work / "detector")
+            export_folder(model, work, task=task, processor=processor, detector="detector" if detector else None)
+        _move_into_place(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return model
+
+
+def check_output_folder(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool) -> None:
+    """The converter never writes into SRC, and replaces files of an existing OUT only with `overwrite`."""
+    source, target = Path(src).resolve(), Path(out).resolve()
+    if target == source or source in target.parents:
+        raise ValueError(
+            f"OUT {os.fspath(out)!r} is {'the source folder' if target == source else 'inside the source folder'} "
+            f"{os.fspath(src)!r}; the converter never writes into the original checkpoint. "
+            "Fix: pass a new folder outside SRC as OUT."
+        )
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"OUT {os.fspath(out)!r} is a file. Fix: pass a folder path.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise ValueError(
+            f"OUT {os.fspath(out)!r} is not empty. Fix: pass a new or empty folder, or --overwrite to replace "
+            "the files the converter writes (other files in it are kept)."
+        )
+
+
+def _move_into_place(work: Path, out: Path) -> None:
+    """A new OUT is the finished folder renamed; an existing one gets only the files written, each replaced."""
+    if not out.exists():
+        os.replace(work, out)
+        return
+    for file in sorted(path for path in work.rglob("*") if path.is_file()):
+        target = out / file.relative_to(work)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(file, target)
 
 
 def _load_tokenizer(src: Path, scratch: Path, vocab: str | os.PathLike | None) -> BertTokenizerFast:
@@ -311,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="a converted detector folder (convert_vinvl_detector output), copied into OUT_DIR/detector",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the files it writes in a non-empty OUT_DIR (others kept)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     overrides = {
@@ -322,6 +400,14 @@ def main(argv: list[str] | None = None) -> None:
         )
         if value is not None
     }
+    try:
+        _convert_from_args(args, overrides)
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error}\n")
+    print(f"Wrote {args.out}")
+
+
+def _convert_from_args(args: argparse.Namespace, overrides: dict) -> None:
     convert_checkpoint(
         args.src,
         args.out,
@@ -331,9 +417,9 @@ def main(argv: list[str] | None = None) -> None:
         read_training_args_file=args.read_training_args,
         max_seq_length=args.max_seq_length,
         detector=args.detector,
+        overwrite=args.overwrite,
         **overrides,
     )
-    print(f"Wrote {args.out}")
 
 
 if __name__ == "__main__":
