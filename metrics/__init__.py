@@ -12,6 +12,14 @@ which recipes (SCST rewards, validation loops) also use directly:
 - `common`: where the `evaluate` modules live and which official scorers can run here.
 """
 
+# The folder is installed as `oscar_hf.metrics`; imported under its folder name (e.g. from the repository root) it
+# would load a second, different copy of every class.
+if __name__ != "oscar_hf.metrics":
+    raise ImportError(
+        f"{__name__} is the source folder of `oscar_hf.metrics`: `import oscar_hf.metrics` instead (pip install -e .)."
+    )
+
+
 from .captioning import (
     CAPTION_METRIC_NAMES,
     CiderD,
@@ -24,7 +32,7 @@ from .captioning import (
 )
 from .common import METRIC_NAMES, JavaStatus, java_status, load_metric, metric_path, spice_models_available
 from .nlvr2 import nlvr2_accuracy, nlvr2_sentence_id
-from .retrieval import retrieval_ranks, retrieval_recall
+from .retrieval import retrieval_ranks, retrieval_recall, retrieval_recall_by_fold
 from .vqa import normalize_vqa_answer, vqa_accuracy, vqa_answer_accuracy, vqa_soft_score
 
 
@@ -45,6 +53,7 @@ __all__ = [
     "ptb_tokenize",
     "retrieval_ranks",
     "retrieval_recall",
+    "retrieval_recall_by_fold",
     "rouge_l_score",
     "simple_tokenize",
     "spice_models_available",

@@ -138,3 +138,49 @@ def retrieval_recall(
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def retrieval_recall_by_fold(
+    scores: Any,
+    *,
+    folds: Any,
+    text_to_image: Any = None,
+    captions_per_image: int = 5,
+    ks: Sequence[int] = (1, 5, 10),
+    ties: str = "pessimistic",
+) -> dict[str, float]:
+    """Recall@K averaged over image folds: the COCO 1K protocol on the 5K test set.
+
+    `folds[i]` is image i's fold (the Karpathy test order gives five folds of 1000 images, as
+    `RetrievalBuilder` writes `fold_1k` on `test_5k`); each fold is ranked among its own images and
+    their captions only, and the folds' recalls are averaged (the number the Oscar paper reports as
+    1K). Images in negative folds are left out.
+
+    Example:
+        >>> import numpy as np
+        >>> from oscar_hf.metrics import retrieval_recall_by_fold
+        >>> scores = np.repeat(np.eye(4), 5, axis=1)
+        >>> retrieval_recall_by_fold(scores, folds=[0, 0, 1, 1], ks=(1,))
+        {'i2t_R@1': 1.0, 't2i_R@1': 1.0, 'rsum': 2.0}
+    """
+    matrix = _as_score_matrix(scores)
+    num_images, num_texts = matrix.shape
+    mapping = _text_to_image(num_images, num_texts, captions_per_image, text_to_image)
+    folds = np.asarray(folds)
+    if folds.shape != (num_images,):
+        raise ValueError(f"folds has shape {folds.shape}; expected one fold index per image ({num_images}).")
+    per_fold = []
+    for fold in np.unique(folds[folds >= 0]):
+        images = np.flatnonzero(folds == fold)
+        local = np.full(num_images, -1)
+        local[images] = np.arange(len(images))
+        texts = np.flatnonzero(np.isin(mapping, images))
+        per_fold.append(
+            retrieval_recall(matrix[images][:, texts], text_to_image=local[mapping[texts]], ks=ks, ties=ties)
+        )
+    if not per_fold:
+        raise ValueError("folds holds no fold index >= 0; give each image its fold (0..4 for COCO 1K).")
+    keys = [k for k in per_fold[0] if k != "rsum"]
+    results = {key: float(np.mean([fold[key] for fold in per_fold])) for key in keys}
+    results["rsum"] = float(sum(results.values()))
+    return results
