@@ -78,9 +78,11 @@ def _array_to_pil(array: np.ndarray, index: int) -> Image.Image:
     elif array.dtype == np.uint16:
         array = np.round(array.astype(np.float64) / 257.0).astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+        if not np.isfinite(array).all():
+            raise ValueError(f"images[{index}] holds NaN or inf; float images must hold values in [0, 1].")
+        if array.min() < 0.0 or array.max() > 1.0:
             raise ValueError(
-                f"images[{index}] is a float array with values in [{np.nanmin(array)}, {np.nanmax(array)}]; "
+                f"images[{index}] is a float array with values in [{array.min()}, {array.max()}]; "
                 "float images must hold values in [0, 1] (pass uint8 for 0-255 data)."
             )
         array = np.round(array.astype(np.float64) * 255.0).astype(np.uint8)

@@ -1061,6 +1061,12 @@ class VinVLDetector(VinVLPreTrainedModel):
     def _forward_one_by_one(
         self, pixel_values, image_sizes, original_sizes, boxes, output_stages
     ) -> VinVLDetectorOutput:
+        if boxes is not None and (not isinstance(boxes, (list, tuple)) or len(boxes) != len(pixel_values)):
+            count = len(boxes) if isinstance(boxes, (list, tuple)) else type(boxes).__name__
+            raise ValueError(
+                f"boxes has {count} entries; expected a list of {len(pixel_values)} (n_i, 4) tensors, one per image, "
+                "in original-image pixels."
+            )
         outputs = []
         for i, image in enumerate(pixel_values):
             if not torch.is_tensor(image) or image.dim() != 3:
