@@ -31,9 +31,9 @@ from .captioning import (
     simple_tokenize,
 )
 from .common import METRIC_NAMES, JavaStatus, java_status, load_metric, metric_path, spice_models_available
-from .nlvr2 import nlvr2_accuracy, nlvr2_sentence_id
+from .nlvr2 import nlvr2_accuracy, nlvr2_label, nlvr2_sentence_id
 from .retrieval import retrieval_ranks, retrieval_recall, retrieval_recall_by_fold
-from .vqa import normalize_vqa_answer, vqa_accuracy, vqa_answer_accuracy, vqa_soft_score
+from .vqa import normalize_vqa_answer, soft_score_for_count, vqa_accuracy, vqa_answer_accuracy, vqa_soft_score
 
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "load_metric",
     "metric_path",
     "nlvr2_accuracy",
+    "nlvr2_label",
     "nlvr2_sentence_id",
     "normalize_vqa_answer",
     "ptb_tokenize",
@@ -59,5 +60,6 @@ __all__ = [
     "spice_models_available",
     "vqa_accuracy",
     "vqa_answer_accuracy",
+    "soft_score_for_count",
     "vqa_soft_score",
 ]

@@ -5,6 +5,12 @@ Importing the package registers the classes with the Auto classes, so a pip-inst
 code as flat remote-code files for everyone else.
 """
 
+# The folder is installed as `oscar_hf`; imported under its folder name (e.g. from the repository root) it
+# would load a second, different copy of every class.
+if __name__ != "oscar_hf":
+    raise ImportError(f"{__name__} is the source folder of `oscar_hf`: `import oscar_hf` instead (pip install -e .).")
+
+
 from .configuration_oscar import OscarConfig
 from .modeling_oscar import (
     OscarCaptionGenerationOutput,

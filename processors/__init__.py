@@ -4,6 +4,12 @@
 (`processing_oscar.py`, `image_processing_oscar.py`) that exported folders carry.
 """
 
+# The folder is installed as `oscar_hf.processors`; imported under its folder name (e.g. from the repository root) it
+# would load a second, different copy of every class.
+if __name__ != "oscar_hf.processors":
+    raise ImportError(f"{__name__} is the source folder of `oscar_hf.processors`: `import oscar_hf.processors` instead (pip install -e .).")
+
+
 from transformers import AutoImageProcessor, AutoProcessor
 
 from oscar_hf.configuration_oscar import OscarConfig

@@ -8,6 +8,12 @@
 - `hub`: model cards and Hub publishing.
 """
 
+# The folder is installed as `oscar_hf.training`; imported under its folder name (e.g. from the repository root) it
+# would load a second, different copy of every class.
+if __name__ != "oscar_hf.training":
+    raise ImportError(f"{__name__} is the source folder of `oscar_hf.training`: `import oscar_hf.training` instead (pip install -e .).")
+
+
 from .loop import (
     LengthGroupedSampler,
     RecipeArguments,
