@@ -304,8 +304,9 @@ def _delegate(command: str, argv: Sequence[str]) -> int:
     try:
         return int(entry([*prefix, *argv]) or 0)
     except SystemExit as done:
-        if done.code == 0 and ("-h" in argv or "--help" in argv):
-            print(f"\nexample:\n  {EXAMPLES[command]}")
+        if "-h" not in argv and "--help" not in argv:
+            return done.code if isinstance(done.code, int) else 2  # the module printed why
+        print(f"\nexample:\n  {EXAMPLES[command]}")
         raise
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
