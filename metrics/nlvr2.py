@@ -33,6 +33,33 @@ def nlvr2_sentence_id(identifier: str) -> str:
     return "-".join(parts[:2] + parts[3:])
 
 
+_LABEL_SPELLINGS = {"true": 1, "false": 0, "1": 1, "0": 0}
+
+
+def nlvr2_label(value: Any, name: str = "label") -> int:
+    """An NLVR2 label or prediction as 1 (true) / 0 (false).
+
+    The NLVR2 files spell labels "True"/"False" while models predict 0/1; comparing them unnormalised
+    scores 0 %, so every spelling is mapped here and anything else is an error.
+
+    Example:
+        >>> from oscar_hf.metrics.nlvr2 import nlvr2_label
+        >>> nlvr2_label("True"), nlvr2_label(False), nlvr2_label(1)
+        (1, 0, 1)
+    """
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy / torch scalars
+        value = value.item()
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    if isinstance(value, float) and value in (0.0, 1.0):
+        return int(value)
+    if isinstance(value, str) and value.strip().lower() in _LABEL_SPELLINGS:
+        return _LABEL_SPELLINGS[value.strip().lower()]
+    raise ValueError(f'{name} is {value!r}; expected an NLVR2 label: 1/0, True/False or the files\' "True"/"False".')
+
+
 def nlvr2_accuracy(
     predictions: Sequence[Any],
     references: Sequence[Any],
@@ -54,7 +81,9 @@ def nlvr2_accuracy(
         )
     if not predictions:
         raise ValueError("No predictions to score; pass at least one example.")
-    correct = [bool(p == r) for p, r in zip(predictions, references)]
+    predictions = [nlvr2_label(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
+    references = [nlvr2_label(r, f"references[{i}]") for i, r in enumerate(references)]
+    correct = [p == r for p, r in zip(predictions, references)]
     results = {"accuracy": float(np.mean(correct))}
     if identifiers is not None and groups is not None:
         raise ValueError("Pass identifiers or groups, not both.")

@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 def _as_score_matrix(scores: Any) -> np.ndarray:
     if hasattr(scores, "detach"):  # torch.Tensor without importing torch
         scores = scores.detach().float().cpu().numpy()
+    if isinstance(scores, (list, tuple)):
+        _check_score_rows(scores)
     matrix = np.asarray(scores, dtype=np.float64)
     if matrix.ndim != 2 or 0 in matrix.shape:
         raise ValueError(
@@ -28,6 +30,29 @@ def _as_score_matrix(scores: Any) -> np.ndarray:
     if not np.isfinite(matrix).all():
         raise ValueError("scores holds NaN or infinite values; expected finite match scores.")
     return matrix
+
+
+def _check_score_rows(scores: Sequence) -> None:
+    """Nested lists: every row one score per text, every score a number (numpy's own errors name neither)."""
+    widths = set()
+    for i, row in enumerate(scores):
+        if not isinstance(row, (list, tuple, np.ndarray)):
+            raise ValueError(
+                f"scores[{i}] is {type(row).__name__} {row!r}; expected a row of match scores, one per text."
+            )
+        widths.add(len(row))
+        for j, value in enumerate(row):
+            if value is None or isinstance(value, (str, bytes)):
+                raise ValueError(
+                    f"scores[{i}][{j}] is {value!r}; expected a number (the match score of image {i}, text {j})."
+                )
+    if len(widths) > 1:
+        first = len(scores[0])
+        ragged = next(i for i, row in enumerate(scores) if len(row) != first)
+        raise ValueError(
+            f"scores rows have different lengths (scores[0] has {first}, scores[{ragged}] has {len(scores[ragged])}); "
+            "expected a [num_images, num_texts] matrix: every image scored against every text."
+        )
 
 
 def _text_to_image(num_images: int, num_texts: int, captions_per_image: int, text_to_image: Any) -> np.ndarray:

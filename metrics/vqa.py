@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -192,6 +193,22 @@ def normalize_vqa_answer(answer: str) -> str:
     return _vqa_digits_articles(_vqa_punctuation(answer))
 
 
+def _check_answer_strings(prediction: Any, answers: Sequence[Any]) -> None:
+    """A prediction and annotator answers are strings; None or numbers would silently never match."""
+    if isinstance(answers, str) or not isinstance(answers, Sequence) or len(answers) == 0:
+        raise ValueError(
+            f"answers={answers!r}; expected the list of annotator answers for the question (10 in VQA v2)."
+        )
+    if not isinstance(prediction, str):
+        raise ValueError(
+            f"prediction={prediction!r} is {type(prediction).__name__}; expected the predicted answer string "
+            "(map label ids to strings with the answer vocabulary first)."
+        )
+    for i, answer in enumerate(answers):
+        if not isinstance(answer, str):
+            raise ValueError(f"answers[{i}]={answer!r} is {type(answer).__name__}; expected an answer string.")
+
+
 def vqa_answer_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """Official VQA accuracy of one prediction: mean over the leave-one-annotator-out subsets of min(1, matches / 3).
 
@@ -203,10 +220,7 @@ def vqa_answer_accuracy(prediction: str, answers: Sequence[str]) -> float:
         >>> vqa_answer_accuracy("yes", ["yes"] * 2 + ["no"] * 8)
         0.6
     """
-    if isinstance(answers, str) or len(answers) == 0:
-        raise ValueError(
-            f"answers={answers!r}; expected the list of annotator answers for the question (10 in VQA v2)."
-        )
+    _check_answer_strings(prediction, answers)
     gts = [a.replace("\n", " ").replace("\t", " ").strip() for a in answers]
     pred = prediction.replace("\n", " ").replace("\t", " ").strip()
     if len(set(gts)) > 1:
@@ -221,6 +235,27 @@ def vqa_answer_accuracy(prediction: str, answers: Sequence[str]) -> float:
     return sum(accuracies) / len(accuracies)
 
 
+# The training target of an answer given by 0, 1, 2, 3 or >= 4 annotators (bottom-up-attention's
+# compute_softscore, whose preprocessed files Oscar trains and evaluates with). It is NOT
+# min(1, count / 3): that is the per-subset term of the official accuracy below.
+_SOFT_SCORES = (0.0, 0.3, 0.6, 0.9)
+
+
+def soft_score_for_count(count: int) -> float:
+    """Oscar's VQA soft target for an answer given by `count` annotators: 0, 0.3, 0.6, 0.9, then 1 from 4 on.
+
+    The one implementation of the rule: the dataset builders, the collators and `vqa_soft_score` use it.
+
+    Example:
+        >>> from oscar_hf.metrics import soft_score_for_count
+        >>> [soft_score_for_count(n) for n in range(6)]
+        [0.0, 0.3, 0.6, 0.9, 1.0, 1.0]
+    """
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+        raise ValueError(f"count={count!r}; expected how many annotators gave the answer, an int >= 0.")
+    return _SOFT_SCORES[count] if count < len(_SOFT_SCORES) else 1.0
+
+
 def vqa_soft_score(prediction: str, answers: Sequence[str]) -> float:
     """The soft target Oscar trains and evaluates VQA with: 0, 0.3, 0.6, 0.9 or 1 for 0, 1, 2, 3, >=4 annotators.
 
@@ -233,10 +268,9 @@ def vqa_soft_score(prediction: str, answers: Sequence[str]) -> float:
         >>> vqa_soft_score("yes", ["yes"] * 3 + ["no"] * 7), vqa_soft_score("yes", ["yes"] * 4 + ["no"] * 6)
         (0.9, 1.0)
     """
-    if isinstance(answers, str) or len(answers) == 0:
-        raise ValueError(f"answers={answers!r}; expected the list of annotator answers for the question.")
+    _check_answer_strings(prediction, answers)
     count = sum(1 for a in answers if a.strip() == prediction.strip())
-    return (0.0, 0.3, 0.6, 0.9)[count] if count < 4 else 1.0
+    return soft_score_for_count(count)
 
 
 def vqa_accuracy(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
@@ -253,8 +287,13 @@ def vqa_accuracy(predictions: Sequence[str], references: Sequence[Sequence[str]]
         )
     if not predictions:
         raise ValueError("No predictions to score; pass at least one question.")
-    accuracy = [vqa_answer_accuracy(p, r) for p, r in zip(predictions, references)]
-    soft = [vqa_soft_score(p, r) for p, r in zip(predictions, references)]
+    accuracy, soft = [], []
+    for i, (prediction, answers) in enumerate(zip(predictions, references)):
+        try:
+            accuracy.append(vqa_answer_accuracy(prediction, answers))
+        except ValueError as error:
+            raise ValueError(f"question {i}: {error}") from None
+        soft.append(vqa_soft_score(prediction, answers))
     return {"accuracy": float(np.mean(accuracy)), "soft_score": float(np.mean(soft))}
 
 

@@ -7,7 +7,7 @@
         --eval_data data/gqa --eval_split testdev --answer_vocab gqa_answers.txt --output_dir outputs/gqa
 
 Data: built by `python -m oscar_hf.data build vqa|gqa`. VQA trains the 3129-way head with BCE
-against the dense soft scores (`labels`, min(1, count/3)); GQA with cross entropy over the
+against the dense soft scores (`labels`, 0.3/0.6/0.9/1 for 1/2/3/>=4 annotators); GQA with cross entropy over the
 answer ids (1853 answers; questions whose answer is outside the vocabulary are left out of
 training and count as wrong in evaluation). Lengths default to the original's: 128 text / 50
 regions (VQA), 165 / 45 (GQA).
@@ -19,6 +19,15 @@ Oscar folder as `--model_name_or_path` its `id2label` is used instead. The expor
 Evaluation: `vqa_score` is Oscar's number (the soft score of the argmax answer), `accuracy` the
 official VQA accuracy on the 10 annotator answers (`oscar_hf.metrics.vqa_accuracy`); GQA
 reports `accuracy`.
+
+Test servers (`--predict`, no training): a fine-tuned folder answers every question of
+`--predict_split` of `--eval_data` and the recipe writes the file the server takes, checked
+against that format (`oscar_hf.metrics.submissions`): VQA v2 test-dev / test-std
+`[{"question_id": int, "answer": str}]`, GQA test-dev balanced `[{"questionId": str, "prediction": str}]`.
+`--questions_file` (the official questions JSON) also checks that every question is answered.
+
+    python recipes/vqa.py --predict --model_name_or_path outputs/vqa_base/final --eval_data data/vqa \
+        --predict_split test2015 --questions_file v2_OpenEnded_mscoco_test2015_questions.json --output_dir out
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from torch.utils.data import DataLoader
 
 from oscar_hf import OscarForSequenceClassification
 from oscar_hf.metrics import vqa_accuracy
+from oscar_hf.metrics.submissions import gqa_question_ids, vqa_question_ids, write_gqa_predictions, write_vqa_results
 from oscar_hf.processors.collators import IndexedRows, OscarClassificationCollator, model_inputs
 from oscar_hf.training import (
     eval_dataloader,
@@ -71,6 +81,17 @@ class VQAArguments(FinetuneArguments):
         metadata={
             "help": "batch questions+tags of similar length together; the head skips padding, so steps get cheaper"
         },
+    )
+    predict: bool = field(
+        default=False, metadata={"help": "no training: write the test server's prediction file for --predict_split"}
+    )
+    predict_split: str | None = field(
+        default=None, metadata={"help": "split of --eval_data to predict (test2015, testdev)"}
+    )
+    predictions_file: str | None = field(default=None, metadata={"help": "where to write it (default: in output_dir)"})
+    questions_file: str | None = field(
+        default=None,
+        metadata={"help": "the official questions JSON of that split, to check every question is answered"},
     )
 
     def __post_init__(self) -> None:
@@ -160,8 +181,42 @@ def make_evaluate(args: VQAArguments, accelerator, eval_loader, answers: list[st
     return evaluate
 
 
+@torch.no_grad()
+def predict(args: VQAArguments, accelerator, model, processor, answers: list[str]):
+    """Answers every question of the prediction split and writes the server's file (main process)."""
+    split = args.predict_split or args.eval_split
+    with accelerator.main_process_first():
+        rows = load_split(args.eval_data, split, args.max_eval_samples)
+    collator = OscarClassificationCollator(processor, max_seq_length=args.max_seq_length)
+    loader = accelerator.prepare(eval_dataloader(IndexedRows(rows), args, collator))
+    model = model.to(accelerator.device).eval()  # each process scores its shard; no DDP wrapper needed
+    indices, predictions = [], []
+    for batch in loader:
+        predicted = model(**model_inputs({k: v for k, v in batch.items() if k != "labels"})).logits.argmax(-1)
+        row, predicted = accelerator.gather_for_metrics((batch["row_index"], predicted))
+        indices += row.tolist()
+        predictions += predicted.tolist()
+    question_ids = rows.select_columns(["question_id"])[indices]["question_id"]
+    predicted_answers = [answers[p] for p in predictions]
+    if args.task == "vqa":
+        name = f"vqa_OpenEnded_mscoco_{split}_oscar_results.json"
+        expected = vqa_question_ids(args.questions_file) if args.questions_file else None
+        writer = write_vqa_results
+    else:
+        name = f"{split}_predictions.json"
+        expected = gqa_question_ids(args.questions_file) if args.questions_file else None
+        writer = write_gqa_predictions
+    path = args.predictions_file or f"{args.output_dir}/{name}"
+    if accelerator.is_main_process:
+        writer(question_ids, predicted_answers, path, expected)
+    accelerator.wait_for_everyone()
+    return path
+
+
 def main(argv: list[str] | None = None):
     args = parse_recipe_args(VQAArguments, argv)
+    if args.predict:
+        return predict_main(args)
     if args.train_data is None:
         raise ValueError(
             f"--train_data is required: a dataset built with `python -m oscar_hf.data build {args.task}`."
@@ -198,6 +253,25 @@ def main(argv: list[str] | None = None):
     )
     accelerator.end_training()
     return final, result
+
+
+def predict_main(args: VQAArguments):
+    """`--predict`: a fine-tuned folder, no training; returns the written prediction file."""
+    if args.model_name_or_path is None or args.eval_data is None:
+        raise ValueError(
+            "--predict needs --model_name_or_path (a fine-tuned Oscar folder) and --eval_data (the dataset holding "
+            "--predict_split, e.g. test2015 or testdev)."
+        )
+    answers = label_vocabulary(args.answer_vocab, args.model_name_or_path)
+    if answers is None:
+        raise ValueError("No answer vocabulary: pass --answer_vocab or a fine-tuned folder whose config has id2label.")
+    accelerator = make_accelerator(args, f"oscar-{args.task}-predict")
+    processor = build_processor(args)
+    model = load_model(OscarForSequenceClassification, args.model_name_or_path, **model_config(args, answers))
+    check_text_length(model.config, args.max_seq_length)
+    path = predict(args, accelerator, model, processor, answers)
+    accelerator.end_training()
+    return path
 
 
 if __name__ == "__main__":

@@ -120,10 +120,11 @@ def test_vqa_builder_soft_scores(world, regions, tmp_path):
     rows = {row["question_id"]: row for row in load(tmp_path / "vqa", "train")}
     assert sorted(rows) == [1, 2, 3]
     # Hand-checked: q1 "two"/"2"/"Two." -> "2" x5, "yes" x1, "no" x2, "3"/"three" -> "3" x2.
+    # Oscar's targets: 0.3 / 0.6 / 0.9 / 1 for 1 / 2 / 3 / >= 4 annotators.
     expected = {
-        1: {"2": 1.0, "yes": 1 / 3, "no": 2 / 3, "3": 2 / 3},
-        2: {"dog": 1.0, "cat": 1 / 3},  # "a dog", "the dog" -> "dog" (x8); "dogs" is not in the vocabulary
-        3: {"isn't": 2 / 3, "no": 1.0},  # "isnt" -> "isn't"
+        1: {"2": 1.0, "yes": 0.3, "no": 0.6, "3": 0.6},
+        2: {"dog": 1.0, "cat": 0.3},  # "a dog", "the dog" -> "dog" (x8); "dogs" is not in the vocabulary
+        3: {"isn't": 0.6, "no": 1.0},  # "isnt" -> "isn't"
     }
     for qid, scores in expected.items():
         row = rows[qid]

@@ -192,7 +192,8 @@ def test_official_answer_normalisation(raw, expected):
 
 
 def test_soft_scores():
-    assert [soft_score(n) for n in range(5)] == pytest.approx([0, 1 / 3, 2 / 3, 1, 1])
+    # Oscar's targets (bottom-up-attention's compute_softscore), not min(1, count / 3).
+    assert [soft_score(n) for n in range(6)] == [0.0, 0.3, 0.6, 0.9, 1.0, 1.0]
 
 
 def test_vocabulary_files(tmp_path):

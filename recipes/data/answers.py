@@ -2,8 +2,9 @@
 
 The normalisation follows the rules of the official VQA evaluation (punctuation handling, number
 words to digits, articles dropped, common contractions restored) so that answer strings from the
-annotations map onto the vocabulary the way Oscar's preprocessed files did. Soft scores are
-`min(1, count / 3)` where `count` is how many of the (normally 10) annotators gave the answer.
+annotations map onto the vocabulary the way Oscar's preprocessed files did. Soft scores are Oscar's
+training targets, 0.3 / 0.6 / 0.9 / 1 for 1 / 2 / 3 / >= 4 of the (normally 10) annotators; the rule
+lives in `oscar_hf.metrics.vqa.soft_score_for_count`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+
+from oscar_hf.metrics.vqa import soft_score_for_count
 
 
 _CONTRACTIONS = {
@@ -106,8 +109,8 @@ def normalize_answer(answer: str) -> str:
 
 
 def soft_score(count: int) -> float:
-    """VQA soft target for an answer given by `count` annotators: min(1, count / 3)."""
-    return min(1.0, count / 3.0)
+    """VQA soft target for an answer given by `count` annotators: 0, 0.3, 0.6, 0.9, 1 (Oscar's targets)."""
+    return soft_score_for_count(count)
 
 
 def answer_counts(answers: Iterable[str]) -> Counter:
