@@ -422,6 +422,10 @@ def to_rgb(image: Any) -> Image.Image:
             f"Expected a PIL image or a numpy array, got {type(image).__name__}; open files with PIL.Image.open "
             "or pass a path."
         )
+    if image.width == 0 or image.height == 0:
+        raise ValueError(
+            f"The image is {image.width}x{image.height} pixels; expected at least 1x1 (an empty image has no regions)."
+        )
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         image = _array_to_pil(np.asarray(image))
     if image.mode == "P":
@@ -452,6 +456,11 @@ def load_rgb_image(image: Any, timeout: float | None = None) -> Image.Image:
                     f"Could not download the image {image!r} ({type(error).__name__}: {error}). If this machine is "
                     "offline, download the image elsewhere and pass a local path or a PIL image."
                 ) from error
+        if os.path.isdir(image):
+            raise ValueError(
+                f"Image path {image!r} is a directory, not an image file; pass the path of one JPEG/PNG/... file "
+                "(or a list of file paths for a batch)."
+            )
         if not os.path.isfile(image):
             raise FileNotFoundError(
                 f"Image file {image!r} does not exist; pass an existing path, an http(s) URL, a PIL image or an array."

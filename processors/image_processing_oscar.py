@@ -270,9 +270,21 @@ class OscarRegionFeatureProcessor(BaseImageProcessor):
                 f"region_features[{index}] has {self.region_feature_dim} dims, so boxes[{index}] (x1, y1, x2, y2 "
                 f"pixels) and image_sizes[{index}] (height, width) are needed to append the 6 box values."
             )
-        size = tuple(int(v) for v in _as_tensor(sizes[index], "image_sizes", index).tolist())
-        if len(size) != 2:
-            raise ValueError(f"image_sizes[{index}] = {size}; expected (height, width).")
+        if sizes[index] is None:
+            raise ValueError(
+                f"image_sizes[{index}] is None; expected the (height, width) of the image the boxes are in."
+            )
+        size_values = _as_tensor(sizes[index], "image_sizes", index).flatten()
+        if size_values.numel() != 2 or not torch.isfinite(size_values).all() or (size_values <= 0).any():
+            raise ValueError(
+                f"image_sizes[{index}] = {size_values.tolist()}; expected a finite, positive (height, width) in pixels."
+            )
+        size = tuple(int(v) for v in size_values.tolist())
+        if boxes[index] is None:
+            raise ValueError(
+                f"boxes[{index}] is None but region_features[{index}] has {self.region_feature_dim} dims; expected "
+                "(num_regions, 4) x1, y1, x2, y2 pixel boxes to append the 6 box values."
+            )
         box = _as_tensor(boxes[index], "boxes", index)
         if box.numel() == 0:
             box = box.reshape(0, 4)

@@ -136,6 +136,12 @@ class _OscarPipelineMixin:
                     "the region-feature width, 'boxes' (N, 4) and 'image_size' (height, width)."
                 )
             regions = self.detector([load_rgb_image(image, timeout=timeout)])[0]
+            if not isinstance(regions, Mapping) or "features" not in regions:
+                found = sorted(regions) if isinstance(regions, Mapping) else type(regions).__name__
+                raise ValueError(
+                    f"The detector returned {found} for an image; expected a dict with 'features' (N, D), 'boxes' "
+                    "(N, 4), 'image_size' (height, width) and 'tags'. Fix the detector's output."
+                )
         count = len(regions["features"])
         if count == 0:
             warnings.warn(

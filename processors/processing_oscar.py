@@ -214,10 +214,14 @@ class OscarProcessor(ProcessorMixin):
         if regions is not None:
             if region_features is not None:
                 raise ValueError("Pass regions (detector outputs) or region_features, not both.")
-            region_features = [r["features"] for r in regions]
+            region_features = [self._record_field(r, "features", i) for i, r in enumerate(regions)]
             # Records whose features already carry the 6 box values (e.g. original 2054-d files) keep
             # their boxes for display only; appending box values twice would be wrong.
             needs_boxes = [self._feature_width(f) == self.image_processor.region_feature_dim for f in region_features]
+            for index, (record, need) in enumerate(zip(regions, needs_boxes)):
+                if need:
+                    self._record_field(record, "boxes", index)
+                    self._record_field(record, "image_size", index)
             boxes = [r.get("boxes") if need else None for r, need in zip(regions, needs_boxes)]
             image_sizes = [r.get("image_size") if need else None for r, need in zip(regions, needs_boxes)]
             if not any(needs_boxes):
@@ -230,6 +234,26 @@ class OscarProcessor(ProcessorMixin):
                 f"Got {out['img_feats'].shape[0]} region sets for {batch} texts; pass one region set per example."
             )
         return {"img_feats": out["img_feats"], "img_attention_mask": out["img_attention_mask"]}
+
+    def _record_field(self, record: Any, key: str, index: int) -> Any:
+        """`regions[index][key]`, or a ValueError naming the record, the key and what the record holds."""
+        if not isinstance(record, Mapping):
+            raise ValueError(
+                f"regions[{index}] is {type(record).__name__}; expected a detector record, a dict with 'features' "
+                "(num_regions, D), 'boxes' (num_regions, 4), 'image_size' (height, width) and 'tags'."
+            )
+        if record.get(key) is None:
+            why = {
+                "features": "the region features (num_regions, D) are what the model reads",
+                "boxes": f"its features have {self.image_processor.region_feature_dim} dims, so the 6 box values "
+                "are computed from 'boxes' (x1, y1, x2, y2 pixels)",
+                "image_size": "the box values are divided by the image's (height, width)",
+            }[key]
+            raise ValueError(
+                f"regions[{index}] has no {key!r} (keys: {sorted(record)}); {why}. Pass records as the detector "
+                "returns them, or region_features= with boxes= and image_sizes=."
+            )
+        return record[key]
 
     @staticmethod
     def _feature_width(features: Any) -> int | None:
