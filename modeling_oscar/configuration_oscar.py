@@ -57,12 +57,12 @@ class OscarConfig(PretrainedConfig):
             caption mask) or "shifted" (next-token prediction over the caption slot).
         label_smoothing: label smoothing of the caption loss, spread as eps/(V-1) off target.
         drop_worst_ratio: fraction of the highest per-token caption losses dropped ...
-        drop_worst_after: ... once this many training steps have run (VinVL: 0.2 after 20000).
-        freeze_embedding: freeze the word embeddings (and a tied decoder) during captioning
-            fine-tuning; read by the recipes.
+        drop_worst_after: ... once this many training steps have run (VinVL: 0.2 after 20000); the
+            caption recipe counts the steps and passes `drop_worst_ratio=0` to the model before.
         mask_token_id, bos_token_id, eos_token_id: `[MASK]`, `[CLS]`, `[SEP]`. Caption decoding
             starts from `[CLS]`, reads the prediction at a trailing `[MASK]` and stops at `[SEP]`.
         tie_word_embeddings: tie the MLM/caption decoder to the word embeddings.
+        use_cache: let captioning forwards without labels (and `generate`) keep a key/value cache.
         skip_padding: let the heads that read only the pooled `[CLS]` output (classification,
             retrieval, NLVR2) drop the masked positions of a 2-D attention mask before the encoder,
             packing each row to the longest row of the batch. Masked keys get exactly zero
@@ -105,12 +105,12 @@ class OscarConfig(PretrainedConfig):
         label_smoothing: float = 0.0,
         drop_worst_ratio: float = 0.0,
         drop_worst_after: int = 0,
-        freeze_embedding: bool = False,
         mask_token_id: int = 103,
         bos_token_id: int = 101,
         eos_token_id: int = 102,
         tie_word_embeddings: bool = True,
         skip_padding: bool = True,
+        use_cache: bool = True,
         **kwargs: Any,
     ):
         self.vocab_size = vocab_size
@@ -143,9 +143,9 @@ class OscarConfig(PretrainedConfig):
         self.label_smoothing = label_smoothing
         self.drop_worst_ratio = drop_worst_ratio
         self.drop_worst_after = drop_worst_after
-        self.freeze_embedding = bool(freeze_embedding)
         self.mask_token_id = mask_token_id
         self.skip_padding = bool(skip_padding)
+        self.use_cache = bool(use_cache)
         # Set explicitly: transformers 5 gives custom configs no default and would leave the
         # decoder untied.
         self.tie_word_embeddings = tie_word_embeddings
@@ -248,7 +248,6 @@ class OscarConfig(PretrainedConfig):
             )
         # Absent means off: most Oscar v1 checkpoints predate the region LayerNorm.
         kwargs["use_img_layernorm"] = bool(raw.get("use_img_layernorm", False))
-        kwargs["freeze_embedding"] = bool(raw.get("freeze_embedding", False))
         # The original NLVR2 pair MLP inserts a LayerNorm exactly when use_img_layernorm is on.
         kwargs["pair_classifier_layernorm"] = kwargs["use_img_layernorm"]
         if "loss_type" in raw:

@@ -20,7 +20,11 @@ caption-padding rows of the seq2seq mask stay finite), exact GELU, LayerNorm eps
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +33,14 @@ import transformers
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.cache_utils import Cache, DynamicCache, StaticCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPoolingAndCrossAttentions,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_oscar import OscarConfig
@@ -56,21 +66,10 @@ MASK_VALUE = -10000.0
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class OscarModelOutput(ModelOutput):
-    """Output of `OscarModel`.
-
-    Args:
-        last_hidden_state: (batch, text_len + num_regions, hidden) for text tokens then regions.
-        pooler_output: (batch, hidden), tanh(dense(hidden state of `[CLS]`)).
-        hidden_states: embeddings output plus one entry per layer, each like `last_hidden_state`.
-        attentions: one (batch, heads, query_len, key_len) tensor per layer.
-    """
-
-    last_hidden_state: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
+# `OscarModel` returns transformers' own output: last_hidden_state (batch, text_len + num_regions,
+# hidden) for text tokens then regions, pooler_output (batch, hidden) = tanh(dense([CLS])), the
+# per-layer hidden states and attentions, and the key/value cache when `use_cache` is on.
+OscarModelOutput = BaseModelOutputWithPoolingAndCrossAttentions
 
 
 @dataclass
@@ -113,37 +112,18 @@ class OscarImageTextRetrievalOutput(ModelOutput):
 
 
 @dataclass
-class _OscarCaptioningOutputBase(ModelOutput):
-    """Output of `OscarForImageCaptioning`.
+class OscarCaptioningOutput(CausalLMOutputWithPast):
+    """Output of `OscarForImageCaptioning`: transformers' `CausalLMOutputWithPast`, whose cache
+    field carries the name the installed generation loop reads (`cache`, or `past_key_values`
+    before transformers 5.2x).
 
     Args:
         loss: caption loss (masked-token or shifted, with optional label smoothing / drop-worst).
         logits: with `labels`, (num_targets, vocab) at the target positions in row-major order (the
-            original computes the vocabulary projection only there); without `labels`,
-            (batch, text_len, vocab); while decoding, (batch, 1, vocab) at the `[MASK]` slot.
-        cache (`past_key_values` before transformers 5.2x): the key/value cache while decoding.
+            original computes the vocabulary projection only there); with `logits_position`,
+            (batch, 1, vocab) at that position (the `[MASK]` slot while decoding); otherwise
+            (batch, text_len, vocab).
     """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-# The cache field carries the name the installed generation loop reads back.
-if _CACHE_NAME == "cache":
-
-    @dataclass
-    class OscarCaptioningOutput(_OscarCaptioningOutputBase):
-        __doc__ = _OscarCaptioningOutputBase.__doc__
-        cache: Cache | None = None
-
-else:
-
-    @dataclass
-    class OscarCaptioningOutput(_OscarCaptioningOutputBase):
-        __doc__ = _OscarCaptioningOutputBase.__doc__
-        past_key_values: Cache | None = None
 
 
 @dataclass
@@ -177,12 +157,16 @@ class OscarEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, input_ids: torch.LongTensor, token_type_ids: torch.LongTensor, position_ids: torch.LongTensor
+        self,
+        input_ids: torch.LongTensor | None,
+        token_type_ids: torch.LongTensor,
+        position_ids: torch.LongTensor,
+        inputs_embeds: torch.FloatTensor | None = None,
     ) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
         embeddings = (
-            self.word_embeddings(input_ids)
-            + self.position_embeddings(position_ids)
-            + self.token_type_embeddings(token_type_ids)
+            inputs_embeds + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
         )
         return self.dropout(self.LayerNorm(embeddings))  # (batch, text_len, hidden)
 
@@ -223,10 +207,43 @@ class KeyLayout:
             mask's columns after the cached ones).
         num_transient: how many trailing keys of that order are used for this step only and not
             written to the cache (the `[MASK]` slot of caption decoding).
+        cache_position: (num_persistent,) slots the persistent keys take in the cache (a static
+            cache writes there; a dynamic cache appends).
+        row_copies: the step encodes every `row_copies`-th row only and repeats the result (and
+            the cache) that many times: beam copies of one image are identical before the first
+            token, so tags, regions and `[CLS]` are encoded once per image.
     """
 
     order: torch.LongTensor
     num_transient: int = 0
+    cache_position: torch.LongTensor | None = None
+    row_copies: int = 1
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention with an additive mask; the signature of transformers' attention interface."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (batch, heads, query_len, key_len)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = scores.softmax(dim=-1)
+    context = torch.matmul(F.dropout(probs, p=dropout, training=module.training), value)
+    return context.transpose(1, 2).contiguous(), probs  # (batch, query_len, heads, head_dim)
+
+
+def _attention_function(implementation: str, output_attentions: bool):
+    # Only the eager kernel materialises the weights, so `output_attentions` runs it.
+    if implementation == "eager" or output_attentions:
+        return eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
 class OscarSelfAttention(nn.Module):
@@ -234,7 +251,9 @@ class OscarSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
         self.layer_idx = layer_idx
+        self.is_causal = False  # causality, where there is any, lives in the mask
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
@@ -248,7 +267,7 @@ class OscarSelfAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         cache: Cache | None = None,
         key_layout: KeyLayout | None = None,
         output_attentions: bool = False,
@@ -261,21 +280,25 @@ class OscarSelfAttention(nn.Module):
         if cache is not None:
             # Write the persistent keys, then append the transient ones for this step only.
             keep = key.shape[2] - (key_layout.num_transient if key_layout is not None else 0)
-            cached_key, cached_value = cache.update(key[:, :, :keep], value[:, :, :keep], self.layer_idx)
+            position = key_layout.cache_position if key_layout is not None else None
+            cached_key, cached_value = cache.update(
+                key[:, :, :keep], value[:, :, :keep], self.layer_idx, {"cache_position": position}
+            )
             key = torch.cat([cached_key, key[:, :, keep:]], dim=2)
             value = torch.cat([cached_value, value[:, :, keep:]], dim=2)
 
-        dropout = self.dropout_prob if self.training else 0.0
-        if self.config._attn_implementation == "sdpa" and not output_attentions:
-            context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout)
-            probs = None
-        else:
-            scores = query @ key.transpose(-1, -2) / math.sqrt(self.head_dim) + attention_mask
-            probs = scores.softmax(dim=-1)
-            context = F.dropout(probs, p=dropout, training=self.training) @ value
-        batch, _, length, _ = context.shape
-        context = context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
-        return context, probs
+        attention = _attention_function(self.config._attn_implementation, output_attentions)
+        context, probs = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout_prob if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        batch, length = context.shape[:2]
+        return context.reshape(batch, length, self.num_heads * self.head_dim), probs
 
 
 class OscarSelfOutput(nn.Module):
@@ -321,7 +344,7 @@ class OscarOutput(nn.Module):
         return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
 
 
-class OscarLayer(nn.Module):
+class OscarLayer(GradientCheckpointingLayer):
     def __init__(self, config: OscarConfig, layer_idx: int):
         super().__init__()
         self.attention = OscarAttention(config, layer_idx)
@@ -331,7 +354,7 @@ class OscarLayer(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         key_layout: KeyLayout | None = None,
         output_attentions: bool = False,
@@ -346,12 +369,11 @@ class OscarEncoder(nn.Module):
     def __init__(self, config: OscarConfig):
         super().__init__()
         self.layer = nn.ModuleList([OscarLayer(config, i) for i in range(config.num_hidden_layers)])
-        self.gradient_checkpointing = False
 
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         cache: Cache | None = None,
         key_layout: KeyLayout | None = None,
         output_attentions: bool = False,
@@ -360,12 +382,14 @@ class OscarEncoder(nn.Module):
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layer:
-            if self.gradient_checkpointing and self.training:
-                hidden_states, probs = self._gradient_checkpointing_func(
-                    layer.__call__, hidden_states, attention_mask, cache, key_layout, output_attentions
-                )
-            else:
-                hidden_states, probs = layer(hidden_states, attention_mask, cache, key_layout, output_attentions)
+            # Hidden states go positionally: the checkpointing layer only checkpoints positional inputs.
+            hidden_states, probs = layer(
+                hidden_states,
+                attention_mask=attention_mask,
+                cache=cache,
+                key_layout=key_layout,
+                output_attentions=output_attentions,
+            )
             if output_hidden_states:
                 all_hidden += (hidden_states,)
             if output_attentions:
@@ -394,7 +418,6 @@ class OscarPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["OscarEmbeddings", "OscarLayer"]
-    _keys_to_ignore_on_load_unexpected = [r"^cls\.", r"^classifier\."]
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -534,6 +557,9 @@ class OscarModel(OscarPreTrainedModel):
         (torch.Size([1, 8, 32]), torch.Size([1, 32]))
     """
 
+    # Loading the trunk from a task checkpoint leaves the heads out on purpose.
+    _keys_to_ignore_on_load_unexpected = [r"^cls\.", r"^classifier\."]
+
     def __init__(self, config: OscarConfig, add_pooling_layer: bool = True):
         super().__init__(config)
         self.embeddings = OscarEmbeddings(config)
@@ -550,13 +576,16 @@ class OscarModel(OscarPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         img_feats: torch.FloatTensor | None = None,
         img_attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         cache: Cache | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
         key_layout: KeyLayout | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -572,7 +601,11 @@ class OscarModel(OscarPreTrainedModel):
             position_ids: (batch, text_len); defaults to 0..text_len-1 (tags continue the text).
             img_feats: (batch, num_regions, img_feature_dim) region vectors, appended after the text.
             img_attention_mask: (batch, num_regions) 0/1 validity of the region slots.
-            cache, key_layout: decoding state, used by `OscarForImageCaptioning.generate`.
+            inputs_embeds: (batch, text_len, hidden) word embeddings to use instead of `input_ids`.
+            cache (`past_key_values` is the name before transformers 5.2x): a `Cache` the keys and
+                values of this call are written to; with `use_cache=True` and none given, a
+                `DynamicCache` is created. Returned in the output's cache field.
+            key_layout: decoding state, set by `OscarForImageCaptioning.prepare_inputs_for_generation`.
             skip_padding: run the encoder on the unmasked positions only (see
                 `OscarConfig.skip_padding`); applies to a 2-D mask whose `[CLS]` column is set, without
                 cache, attentions or hidden states. `pooler_output` and every unmasked position are
@@ -583,10 +616,12 @@ class OscarModel(OscarPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, text_len), got shape {tuple(input_ids.shape)}.")
-        batch, text_len = input_ids.shape
-        device = input_ids.device
+        cache = _resolve_cache_argument(cache, past_key_values)
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        if not use_cache and use_cache is not None:
+            cache = None
+        batch, text_len, device = _text_shape(input_ids, inputs_embeds)
         num_regions = 0
         if img_feats is not None:
             _check_img_feats(img_feats, self.config, batch)
@@ -600,7 +635,7 @@ class OscarModel(OscarPreTrainedModel):
                 )
             position_ids = torch.arange(text_len, device=device).expand(batch, text_len)
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+            token_type_ids = torch.zeros(batch, text_len, dtype=torch.long, device=device)
         for name, tensor in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
             if tuple(tensor.shape) != (batch, text_len):
                 raise ValueError(
@@ -608,11 +643,11 @@ class OscarModel(OscarPreTrainedModel):
                 )
 
         mask = _full_attention_mask(attention_mask, img_attention_mask, batch, text_len, num_regions, device)
-        hidden = self.embeddings(input_ids, token_type_ids, position_ids)  # (batch, text_len, hidden)
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (batch, text_len, hidden)
         if img_feats is not None:
             regions = self.region_embeddings(img_feats.to(hidden.dtype))  # (batch, num_regions, hidden)
             hidden = torch.cat([hidden, regions], dim=1)  # (batch, text_len + num_regions, hidden)
-        if mask.shape[-1] != hidden.shape[1] and cache is None:
+        if mask.shape[-1] != hidden.shape[1] and key_layout is None and (cache is None or cache.get_seq_length() == 0):
             raise ValueError(f"attention_mask covers {mask.shape[-1]} keys but the sequence has {hidden.shape[1]}.")
         packing = None
         if (
@@ -637,11 +672,47 @@ class OscarModel(OscarPreTrainedModel):
         if packing is not None:
             sequence = _unpack(sequence, mask, packed_index, text_len + num_regions)
         pooled = self.pooler(sequence) if self.pooler is not None else None
-        if not return_dict:
-            return tuple(v for v in (sequence, pooled, all_hidden, all_attentions) if v is not None)
-        return OscarModelOutput(
-            last_hidden_state=sequence, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attentions
+        output = OscarModelOutput(
+            last_hidden_state=sequence,
+            pooler_output=pooled,
+            hidden_states=all_hidden,
+            attentions=all_attentions,
+            **{_CACHE_NAME: cache},
         )
+        return output if return_dict else output.to_tuple()
+
+
+def _text_shape(
+    input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor | None
+) -> tuple[int, int, torch.device]:
+    """(batch, text_len, device) of the text, from exactly one of `input_ids` / `inputs_embeds`."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError(
+            "Pass exactly one of input_ids (batch, text_len) and inputs_embeds (batch, text_len, hidden); "
+            f"got {'both' if input_ids is not None else 'neither'}."
+        )
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, text_len), got shape {tuple(input_ids.shape)}.")
+        return input_ids.shape[0], input_ids.shape[1], input_ids.device
+    if inputs_embeds.dim() != 3:
+        raise ValueError(f"inputs_embeds must be (batch, text_len, hidden), got shape {tuple(inputs_embeds.shape)}.")
+    return inputs_embeds.shape[0], inputs_embeds.shape[1], inputs_embeds.device
+
+
+def _resolve_cache_argument(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """One cache from the two names (`past_key_values` is the name before transformers 5.2x)."""
+    if past_key_values is None:
+        return cache
+    if cache is not None:
+        raise ValueError("Pass the key/value cache once, as `cache` or as `past_key_values`, not both.")
+    if _CACHE_NAME == "cache":
+        warnings.warn(
+            "`past_key_values` is deprecated in this transformers release; pass the cache as `cache`.",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return past_key_values
 
 
 # ----------------------------------------------------------------------------------------------
@@ -661,13 +732,26 @@ class OscarPredictionHeadTransform(nn.Module):
 
 
 class OscarLMPredictionHead(nn.Module):
-    """Transform then a vocabulary projection (tied to the word embeddings) plus an output bias."""
+    """Transform then a vocabulary projection (tied to the word embeddings) plus an output bias.
+
+    The bias stays its own parameter (the checkpoint name `cls.predictions.bias`), used whether or
+    not the projection is tied; `resize_token_embeddings` resizes it with the vocabulary.
+    """
 
     def __init__(self, config: OscarConfig):
         super().__init__()
         self.transform = OscarPredictionHeadTransform(config)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def resize_bias(self, vocab_size: int) -> None:
+        """Keeps the first min(old, new) entries; new tokens start at 0."""
+        old = self.bias.shape[0]
+        if vocab_size == old:
+            return
+        bias = self.bias.new_zeros(vocab_size)
+        bias[: min(old, vocab_size)] = self.bias.data[: min(old, vocab_size)]
+        self.bias = nn.Parameter(bias, requires_grad=self.bias.requires_grad)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.transform(hidden_states)) + self.bias
@@ -709,6 +793,12 @@ class _OscarWithLMHead(OscarPreTrainedModel):
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.cls.predictions.decoder = new_embeddings
 
+    def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
+        # The output bias is a separate parameter that transformers does not know to resize.
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        self.cls.predictions.resize_bias(self.get_output_embeddings().weight.shape[0])
+        return embeddings
+
 
 class OscarForPreTraining(_OscarWithLMHead):
     """Oscar pre-training: masked tokens over text+tags and the contrastive head on `[CLS]`.
@@ -725,12 +815,13 @@ class OscarForPreTraining(_OscarWithLMHead):
 
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         img_feats: torch.FloatTensor | None = None,
         img_attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         contrastive_labels: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
@@ -756,6 +847,7 @@ class OscarForPreTraining(_OscarWithLMHead):
             position_ids=position_ids,
             img_feats=img_feats,
             img_attention_mask=img_attention_mask,
+            inputs_embeds=inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
@@ -776,9 +868,10 @@ class OscarForPreTraining(_OscarWithLMHead):
             )
             loss = masked_lm_loss
         if contrastive_labels is not None:
-            if contrastive_labels.shape != (input_ids.shape[0],):
+            batch = outputs.last_hidden_state.shape[0]
+            if contrastive_labels.shape != (batch,):
                 raise ValueError(
-                    f"contrastive_labels has shape {tuple(contrastive_labels.shape)}, expected ({input_ids.shape[0]},)."
+                    f"contrastive_labels has shape {tuple(contrastive_labels.shape)}, expected ({batch},)."
                 )
             contrastive_loss = F.cross_entropy(contrastive_logits.float(), contrastive_labels)
             loss = contrastive_loss if loss is None else loss + contrastive_loss
@@ -820,25 +913,57 @@ def _build_classifier(config: OscarConfig, in_features: int, pair: bool = False)
     return nn.Sequential(*layers)
 
 
+# transformers' `config.problem_type` names, mapped onto the Oscar loss types.
+_PROBLEM_TYPE_LOSSES = {
+    "regression": "mse",
+    "single_label_classification": "ce",
+    "multi_label_classification": "multi_label",
+}
+
+
+def _loss_kind(config: OscarConfig, labels: torch.Tensor) -> str:
+    """`config.problem_type` when set (as BertForSequenceClassification); else `config.loss_type`,
+    where the default "ce" follows BERT's inference: one label means regression, float labels
+    shaped like the logits mean multi-label."""
+    if config.problem_type is not None:
+        if config.problem_type not in _PROBLEM_TYPE_LOSSES:
+            raise ValueError(
+                f"config.problem_type={config.problem_type!r} is not supported: expected one of "
+                f"{sorted(_PROBLEM_TYPE_LOSSES)} or None (then config.loss_type decides)."
+            )
+        return _PROBLEM_TYPE_LOSSES[config.problem_type]
+    if config.loss_type == "ce":
+        if config.num_labels == 1:
+            return "mse"
+        if labels.is_floating_point() and labels.dim() == 2 and labels.shape[-1] == config.num_labels:
+            return "multi_label"
+    return config.loss_type
+
+
 def _classification_loss(config: OscarConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     batch, num_labels = logits.shape
     logits = logits.float()
-    if config.loss_type in ("bce", "kl"):
+    kind = _loss_kind(config, labels)
+    if kind in ("bce", "kl", "multi_label"):
         if tuple(labels.shape) != (batch, num_labels):
             raise ValueError(
-                f"loss_type={config.loss_type!r} needs soft-score labels of shape ({batch}, {num_labels}), "
+                f"{kind} loss needs soft-score labels of shape ({batch}, {num_labels}) (multi-hot for multi-label), "
                 f"got {tuple(labels.shape)}."
             )
-        if config.loss_type == "bce":
+        if kind == "multi_label":  # BertForSequenceClassification's multi-label loss
+            return F.binary_cross_entropy_with_logits(logits, labels.float())
+        if kind == "bce":
             # The original multiplies the mean by the number of answers (instance_bce_with_logits).
             return F.binary_cross_entropy_with_logits(logits, labels.float()) * num_labels
         return F.kl_div(F.log_softmax(logits, dim=-1), labels.float(), reduction="batchmean")
-    if config.loss_type == "mse":
-        return F.mse_loss(logits.squeeze(-1), labels.float().view(-1))
+    if kind == "mse":
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.float().view(-1))
+        return F.mse_loss(logits, labels.float().view(batch, num_labels))
     if tuple(labels.shape) != (batch,):
         raise ValueError(
-            f"loss_type='ce' needs class-index labels of shape ({batch},), got {tuple(labels.shape)}; "
-            "use loss_type='bce' for soft scores."
+            f"single-label classification needs class-index labels of shape ({batch},), got {tuple(labels.shape)}; "
+            "use loss_type='bce' (or problem_type='multi_label_classification') for soft scores."
         )
     return F.cross_entropy(logits, labels.long())
 
@@ -858,12 +983,13 @@ class OscarForSequenceClassification(OscarPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         img_feats: torch.FloatTensor | None = None,
         img_attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -882,6 +1008,7 @@ class OscarForSequenceClassification(OscarPreTrainedModel):
             position_ids=position_ids,
             img_feats=img_feats,
             img_attention_mask=img_attention_mask,
+            inputs_embeds=inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
@@ -910,12 +1037,13 @@ class OscarForImageTextRetrieval(OscarForSequenceClassification):
 
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         img_feats: torch.FloatTensor | None = None,
         img_attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -930,6 +1058,7 @@ class OscarForImageTextRetrieval(OscarForSequenceClassification):
             position_ids=position_ids,
             img_feats=img_feats,
             img_attention_mask=img_attention_mask,
+            inputs_embeds=inputs_embeds,
             labels=labels,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
@@ -960,12 +1089,13 @@ class OscarForNLVR2(OscarPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         img_feats: torch.FloatTensor | None = None,
         img_attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -978,19 +1108,21 @@ class OscarForNLVR2(OscarPreTrainedModel):
             labels: (batch,) 0/1 for `loss_type="ce"`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if input_ids.dim() != 3 or input_ids.shape[1] != self.config.num_choice:
+        text = input_ids if input_ids is not None else inputs_embeds
+        if text is None or text.dim() < 3 or text.shape[1] != self.config.num_choice:
             raise ValueError(
-                f"input_ids must be (batch, num_choice={self.config.num_choice}, text_len), "
-                f"got shape {tuple(input_ids.shape)}."
+                f"input_ids must be (batch, num_choice={self.config.num_choice}, text_len) (inputs_embeds: with a "
+                f"trailing hidden dim), got shape {None if text is None else tuple(text.shape)}."
             )
-        batch = input_ids.shape[0]
+        batch = text.shape[0]
 
         def flat(x: torch.Tensor | None) -> torch.Tensor | None:  # (batch, choice, ...) -> (batch * choice, ...)
             if x is None:
                 return None
-            if x.shape[:2] != input_ids.shape[:2]:
+            if x.shape[:2] != text.shape[:2]:
                 raise ValueError(
-                    f"Every NLVR2 input needs the leading (batch, num_choice) dims {tuple(input_ids.shape[:2])}, got {tuple(x.shape)}."
+                    f"Every NLVR2 input needs the leading (batch, num_choice) dims {tuple(text.shape[:2])}, "
+                    f"got {tuple(x.shape)}."
                 )
             return x.reshape(-1, *x.shape[2:])
 
@@ -1001,6 +1133,7 @@ class OscarForNLVR2(OscarPreTrainedModel):
             position_ids=flat(position_ids),
             img_feats=flat(img_feats),
             img_attention_mask=flat(img_attention_mask),
+            inputs_embeds=flat(inputs_embeds),
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
@@ -1091,6 +1224,11 @@ def caption_loss(
     return losses.mean()
 
 
+@functools.cache
+def _forward_parameters(model_class: type) -> frozenset[str]:
+    return frozenset(inspect.signature(model_class.forward).parameters)
+
+
 class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
     """Captioning as UniLM seq2seq over `[caption slot | tags | regions]`.
 
@@ -1120,46 +1258,57 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
 
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         img_feats: torch.FloatTensor | None = None,
         img_attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
-        global_step: int | None = None,
+        drop_worst_ratio: float | None = None,
         cache: Cache | None = None,
-        key_layout: KeyLayout | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
         logits_position: int | None = None,
+        key_layout: KeyLayout | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> OscarCaptioningOutput | tuple:
         """
         Args:
             input_ids: (batch, text_len), caption slot of `config.max_caption_length` tokens
-                (`[CLS] caption [SEP] [PAD]...`) then the tags.
-            attention_mask: the 3-D seq2seq mask (batch, L, L), or a 2-D text mask from which it is
-                built (with `img_attention_mask` for the regions).
+                (`[CLS] caption [SEP] [PAD]...`) then the tags. A shorter text is all caption.
+            attention_mask: the 3-D seq2seq mask (batch, L, L), or a 2-D padding mask of the text
+                (with `img_attention_mask` for the regions) or of text + regions, from which the
+                seq2seq mask is built; no mask means every position is valid.
+            inputs_embeds: (batch, text_len, hidden) word embeddings instead of `input_ids`.
             labels: (batch, text_len), target ids at the masked caption positions and -100 elsewhere
                 (`caption_loss="masked"`), or the caption ids with -100 off the caption
                 (`"shifted"`).
-            global_step: training step, for `drop_worst_after`; `None` counts as past it.
-            cache, key_layout, logits_position: decoding state set by `prepare_inputs_for_generation`.
+            drop_worst_ratio: overrides `config.drop_worst_ratio` for this call (the caption recipe
+                passes 0 before `config.drop_worst_after` steps).
+            cache (`past_key_values` before transformers 5.2x), use_cache: the key/value cache
+                (`use_cache` defaults to `config.use_cache` when there are no labels); returned in
+                the output's cache field.
+            logits_position: compute the vocabulary logits at this text position only,
+                (batch, 1, vocab) (the `[MASK]` slot while decoding).
+            key_layout: decoding state set by `prepare_inputs_for_generation`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        cache = cache if cache is not None else kwargs.get("past_key_values")
-        if cache is None and attention_mask is not None and attention_mask.dim() == 2 and img_feats is not None:
-            # Build the seq2seq mask when only padding masks are given.
-            num_regions = img_feats.shape[1]
-            text_len = input_ids.shape[1]
-            if attention_mask.shape[1] == text_len:
-                img_mask = img_attention_mask
-                if img_mask is None:
-                    img_mask = attention_mask.new_ones(input_ids.shape[0], num_regions)
-                attention_mask = seq2seq_attention_mask(attention_mask, img_mask, self.config.max_caption_length)
-                img_attention_mask = None
+        cache = _resolve_cache_argument(cache, past_key_values)
+        if use_cache is None:
+            use_cache = cache is not None or (self.config.use_cache and labels is None and not self.training)
+        if not use_cache:
+            cache = None
+        elif cache is None:
+            cache = DynamicCache()
+        batch, text_len, _ = _text_shape(input_ids, inputs_embeds)
+        continuing = key_layout is not None or (cache is not None and cache.get_seq_length() > 0)
+        if not continuing and (attention_mask is None or attention_mask.dim() == 2):
+            attention_mask = self._seq2seq_mask(attention_mask, img_attention_mask, img_feats, batch, text_len)
+            img_attention_mask = None
         outputs = self.bert(
             input_ids,
             attention_mask=attention_mask,
@@ -1167,42 +1316,86 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
             position_ids=position_ids,
             img_feats=img_feats,
             img_attention_mask=img_attention_mask,
+            inputs_embeds=inputs_embeds,
             cache=cache,
+            use_cache=use_cache,
             key_layout=key_layout,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        text_hidden = outputs.last_hidden_state[:, : input_ids.shape[1]]  # (batch, text_len, hidden)
+        text_hidden = outputs.last_hidden_state[:, :text_len]  # (batch, text_len, hidden)
 
         loss = None
         if logits_position is not None:
             logits = self.cls(text_hidden[:, logits_position : logits_position + 1])  # (batch, 1, vocab)
         elif labels is not None:
-            if tuple(labels.shape) != tuple(input_ids.shape):
+            if tuple(labels.shape) != (batch, text_len):
                 raise ValueError(
-                    f"labels has shape {tuple(labels.shape)}, expected {tuple(input_ids.shape)} like input_ids "
+                    f"labels has shape {tuple(labels.shape)}, expected {(batch, text_len)} like input_ids "
                     "(-100 where there is no target)."
                 )
             if self.config.caption_loss == "shifted":
                 text_hidden, labels = text_hidden[:, :-1], labels[:, 1:]
             targets = labels != -100
             logits = self.cls(text_hidden[targets])  # (num_targets, vocab)
-            drop = self.config.drop_worst_ratio
-            if global_step is not None and global_step < self.config.drop_worst_after:
-                drop = 0.0
+            drop = self.config.drop_worst_ratio if drop_worst_ratio is None else drop_worst_ratio
             loss = caption_loss(logits, labels[targets], self.config.label_smoothing, drop)
         else:
             logits = self.cls(text_hidden)
 
+        if key_layout is not None and key_layout.row_copies > 1:
+            # The step encoded one row per image; every copy (beam) continues from it.
+            logits = logits.repeat_interleave(key_layout.row_copies, dim=0)
+            cache.batch_repeat_interleave(key_layout.row_copies)
         output = OscarCaptioningOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **{_CACHE_NAME: cache},
         )
-        if cache is not None:
-            output[_CACHE_NAME] = cache
         return output if return_dict else output.to_tuple()
 
+    def _seq2seq_mask(
+        self,
+        attention_mask: torch.Tensor | None,
+        img_attention_mask: torch.Tensor | None,
+        img_feats: torch.FloatTensor | None,
+        batch: int,
+        text_len: int,
+    ) -> torch.Tensor:
+        """The (batch, L, L) seq2seq mask from a 2-D padding mask (or none): the caption is the first
+        `min(max_caption_length, text_len)` text tokens, never a region slot."""
+        num_regions = img_feats.shape[1] if img_feats is not None else 0
+        device = img_feats.device if img_feats is not None else self.device
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, text_len, dtype=torch.long, device=device)
+        if attention_mask.shape[1] == text_len + num_regions and num_regions > 0 and img_attention_mask is None:
+            attention_mask, img_attention_mask = attention_mask[:, :text_len], attention_mask[:, text_len:]
+        if tuple(attention_mask.shape) != (batch, text_len):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({batch}, {text_len}) for the "
+                f"text, ({batch}, {text_len + num_regions}) for text and regions, or a 3-D seq2seq mask."
+            )
+        if img_attention_mask is None:
+            img_attention_mask = attention_mask.new_ones(batch, num_regions)
+        if tuple(img_attention_mask.shape) != (batch, num_regions):
+            raise ValueError(
+                f"img_attention_mask has shape {tuple(img_attention_mask.shape)}, expected ({batch}, {num_regions})."
+            )
+        caption_length = min(self.config.max_caption_length, text_len)
+        return seq2seq_attention_mask(attention_mask, img_attention_mask, caption_length)
+
     # -- decoding ------------------------------------------------------------------------------
+
+    def _expand_inputs_for_generation(self, *args, **kwargs):
+        # Rows are copies of each other right after this expansion: the first decoding step
+        # encodes one of each `expand_size` rows (see `KeyLayout.row_copies`). A static method
+        # before transformers 5, a method since: `super()` serves both.
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(*args, **kwargs)
+        model_kwargs["decoding_row_copies"] = kwargs.get("expand_size", args[0] if args else 1)
+        return input_ids, model_kwargs
 
     def prepare_inputs_for_generation(
         self,
@@ -1214,61 +1407,94 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
         tag_attention_mask: torch.Tensor | None = None,
         tag_position_ids: torch.LongTensor | None = None,
         use_cache: bool = True,
+        decoding_row_copies: int = 1,
         **kwargs,
     ) -> dict:
         """Builds one decoding step: `[new caption tokens, [MASK]]` (+ tags and regions on the first
-        step or without a cache), explicit positions and token types, and the step's mask."""
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        step or without a cache), positions counted over the caption's attention mask (so left
+        padding changes nothing), token types, the step's mask, and the cache slots.
+
+        Other keyword arguments (`output_attentions`, `output_hidden_states`, ...) pass through to
+        `forward`; the loop's own position bookkeeping does not apply to this layout.
+        """
+        cache = kwargs.pop("cache", None)
+        cache = _resolve_cache_argument(cache, kwargs.pop("past_key_values", None))
+        # Pass on what `forward` takes (output_attentions, ...); the loop's own position bookkeeping
+        # (cache_position, position_ids, ...) does not apply to this layout and is built below.
+        own = {"cache_position", "position_ids", "token_type_ids", "inputs_embeds"}
+        kwargs = {k: v for k, v in kwargs.items() if k in _forward_parameters(type(self)) and k not in own}
         batch, num_caption = input_ids.shape
         device = input_ids.device
         config = self.config
         if tag_input_ids is None:
+            if tag_attention_mask is not None:
+                raise ValueError("tag_attention_mask was given without tag_input_ids; pass both or neither.")
             tag_input_ids = input_ids.new_zeros(batch, 0)
         if tag_attention_mask is None:
             tag_attention_mask = (tag_input_ids != config.pad_token_id).long()
         num_regions = img_feats.shape[1] if img_feats is not None else 0
         if img_attention_mask is None:
             img_attention_mask = input_ids.new_ones(batch, num_regions)
-        caption_valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        caption_valid = attention_mask.long() if attention_mask is not None else torch.ones_like(input_ids)
         context_valid = torch.cat([tag_attention_mask.long(), img_attention_mask.long()], dim=1)
         num_tags = tag_input_ids.shape[1]
+        num_context = num_tags + num_regions
         if tag_position_ids is None and config.max_caption_length + num_tags > config.max_position_embeddings:
             raise ValueError(
                 f"{num_tags} tag tokens from position {config.max_caption_length} exceed max_position_embeddings="
                 f"{config.max_position_embeddings}; truncate the tags."
             )
-        if num_caption + 1 > config.max_caption_length:
+        # Positions over the valid caption tokens: a left-padded prompt decodes like an unpadded one.
+        positions = (caption_valid.cumsum(dim=1) - 1).clamp(min=0)  # (batch, num_caption)
+        mask_position = caption_valid.sum(dim=1, keepdim=True)  # (batch, 1): the [MASK] slot
+        if num_caption + 1 > config.max_caption_length and int(mask_position.max()) + 1 > config.max_caption_length:
             raise ValueError(
-                f"Caption of {num_caption} tokens plus [MASK] would overlap the tags at position "
+                f"Caption of {int(mask_position.max())} tokens plus [MASK] would overlap the tags at position "
                 f"{config.max_caption_length}; lower max_length or raise max_caption_length."
             )
 
         use_cache = use_cache and cache is not None
         incremental = use_cache and cache.get_seq_length() > 0
         num_new = 1 if incremental else num_caption
-        new_tokens = input_ids[:, num_caption - num_new :]
-        mask_tokens = input_ids.new_full((batch, 1), config.mask_token_id)
-        caption_positions = torch.arange(num_caption - num_new, num_caption + 1, device=device).expand(batch, -1)
+        step_mask = caption_decoding_mask(caption_valid, context_valid, num_new, not incremental)
+        num_cached = num_context + num_caption  # persistent keys once this step is written
+        if use_cache and isinstance(cache, StaticCache):
+            # The static cache returns all its slots: mask the ones not written yet.
+            free = cache.get_max_cache_shape() - num_cached
+            if free < 0:
+                raise ValueError(
+                    f"The static cache holds {cache.get_max_cache_shape()} positions but tags, regions and caption "
+                    f"need {num_cached}; let generate() size it (cache_implementation='static')."
+                )
+            step_mask = torch.cat(
+                [step_mask[..., :-1], step_mask.new_zeros(*step_mask.shape[:2], free), step_mask[..., -1:]], dim=-1
+            )
         step = {
             "use_cache": use_cache,
             "logits_position": num_new,  # the [MASK] slot
-            "attention_mask": caption_decoding_mask(caption_valid, context_valid, num_new, not incremental),
+            "attention_mask": step_mask,
             "cache": cache if use_cache else None,
+            **kwargs,
         }
+        caption_positions = torch.cat([positions[:, num_caption - num_new :], mask_position], dim=1)
         if incremental:
             # Query [w_t, MASK]; keys [cache | w_t | MASK]; only w_t is written to the cache.
             step.update(
-                input_ids=torch.cat([new_tokens, mask_tokens], dim=1),
-                token_type_ids=torch.zeros(batch, num_new + 1, dtype=torch.long, device=device),
+                input_ids=torch.cat([input_ids[:, -1:], input_ids.new_full((batch, 1), config.mask_token_id)], dim=1),
+                token_type_ids=torch.zeros(batch, 2, dtype=torch.long, device=device),
                 position_ids=caption_positions,
-                key_layout=KeyLayout(order=torch.arange(num_new + 1, device=device), num_transient=1),
+                key_layout=KeyLayout(
+                    order=torch.arange(2, device=device),
+                    num_transient=1,
+                    cache_position=torch.tensor([num_cached - 1], device=device),
+                ),
             )
             return step
         # Query [caption, MASK, tags, regions]; keys in the cache order [tags, regions, caption] + MASK.
         if tag_position_ids is None:
             tag_position_ids = (torch.arange(num_tags, device=device) + config.max_caption_length).expand(batch, -1)
         step.update(
-            input_ids=torch.cat([new_tokens, mask_tokens, tag_input_ids], dim=1),
+            input_ids=torch.cat([input_ids, input_ids.new_full((batch, 1), config.mask_token_id), tag_input_ids], 1),
             token_type_ids=torch.cat(
                 [torch.zeros(batch, num_new + 1, dtype=torch.long, device=device), torch.ones_like(tag_input_ids)],
                 dim=1,
@@ -1278,19 +1504,28 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
             key_layout=KeyLayout(
                 order=torch.cat(
                     [
-                        torch.arange(num_new + 1, num_new + 1 + num_tags + num_regions, device=device),
+                        torch.arange(num_new + 1, num_new + 1 + num_context, device=device),
                         torch.arange(num_new, device=device),
                         torch.tensor([num_new], device=device),
                     ]
                 ),
                 num_transient=1 if use_cache else 0,
+                cache_position=torch.arange(num_cached, device=device),
             ),
         )
+        copies = decoding_row_copies
+        if (
+            copies > 1
+            and use_cache
+            and not isinstance(cache, StaticCache)
+            and not (step.get("output_attentions") or step.get("output_hidden_states"))
+        ):
+            # Encode one row per image; the forward repeats the logits and the cache to the copies.
+            for name in ("input_ids", "token_type_ids", "position_ids", "img_feats", "attention_mask"):
+                if step[name] is not None:
+                    step[name] = step[name][::copies]
+            step["key_layout"].row_copies = copies
         return step
-
-    def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
-        cache.reorder_cache(beam_idx)
-        return cache
 
     def generate(self, *args, original_decoding: bool | None = None, **kwargs):
         """`GenerationMixin.generate`, plus `original_decoding=True` for the original greedy/beam search.
@@ -1301,12 +1536,50 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
         greedy (`num_beams=1`) and beam search, `max_length`, `length_penalty` and
         `num_return_sequences` (the original's `num_keep_best`). `original_decoding` defaults to
         `generation_config.original_decoding` when that is set (converted checkpoints set it).
+
+        `cache_implementation="static"` gets a static cache sized for tags + regions + caption.
+        Assisted and prompt-lookup decoding are refused: each step predicts the one `[MASK]` slot,
+        so there are no logits at candidate positions to verify.
         """
+        generation_config = kwargs.get("generation_config") or self.generation_config
         if original_decoding is None:
-            original_decoding = bool(getattr(self.generation_config, "original_decoding", False))
-        if not original_decoding:
-            return super().generate(*args, **kwargs)
-        return self._generate_original(*args, **kwargs)
+            original_decoding = bool(getattr(generation_config, "original_decoding", False))
+        for name in ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit"):
+            if kwargs.get(name) is not None or getattr(generation_config, name, None) is not None:
+                raise ValueError(
+                    f"{name} is not supported by OscarForImageCaptioning: each decoding step predicts the token at "
+                    "the one [MASK] slot, so candidate tokens cannot be verified in one pass. Use greedy, sampling "
+                    "or beam search (num_beams)."
+                )
+        if original_decoding:
+            return self._generate_original(*args, **kwargs)
+        cache_implementation = kwargs.pop("cache_implementation", None) or generation_config.cache_implementation
+        if cache_implementation == "static":
+            kwargs = self._with_static_cache(generation_config, kwargs, *args)
+        elif cache_implementation is not None:
+            kwargs["cache_implementation"] = cache_implementation
+        return super().generate(*args, **kwargs)
+
+    def _with_static_cache(self, generation_config, kwargs: dict, *args) -> dict:
+        """A static cache sized for tags + regions + the caption, instead of prompt + new tokens."""
+        prompt = args[0] if args else kwargs.get("input_ids")
+        prompt_length = prompt.shape[1] if prompt is not None else 1
+        max_new = kwargs.get("max_new_tokens", generation_config.max_new_tokens)
+        if kwargs.get("max_length") is not None:
+            max_length = kwargs["max_length"]
+        elif max_new is not None:
+            max_length = prompt_length + max_new
+        else:
+            max_length = generation_config.max_length
+        context = 0
+        for name in ("tag_input_ids", "img_feats"):
+            if kwargs.get(name) is not None:
+                context += kwargs[name].shape[1]
+        generation_config = copy.deepcopy(generation_config)
+        generation_config.cache_implementation = None
+        kwargs["generation_config"] = generation_config
+        kwargs[_CACHE_NAME] = StaticCache(config=self.config, max_cache_len=context + max_length)
+        return kwargs
 
     @torch.no_grad()
     def _generate_original(
@@ -1411,6 +1684,8 @@ class _OriginalSearch:
 
         model_kwargs = {key: rep(value) for key, value in context.items()}
         model_kwargs.update(use_cache=self.use_cache, cache=DynamicCache() if self.use_cache else None)
+        # With the cache, tags, regions and [CLS] are encoded once per image, then copied to the beams.
+        model_kwargs["decoding_row_copies"] = self.num_beams
         if attention_mask is not None:
             model_kwargs["attention_mask"] = rep(attention_mask)
         input_ids = rep(input_ids)
@@ -1488,11 +1763,20 @@ class _OriginalSearch:
             rows = torch.tensor([c[2] for c in chosen], device=device, dtype=torch.long)
             input_ids = torch.cat([input_ids[rows], words[:, None]], dim=1)
             self._grow_mask(model_kwargs, rows)
-            for key in ("img_feats", "img_attention_mask", "tag_input_ids", "tag_attention_mask", "tag_position_ids"):
-                if model_kwargs.get(key) is not None:
-                    model_kwargs[key] = model_kwargs[key][rows]
             if model_kwargs.get("cache") is not None:
-                model_kwargs["cache"].reorder_cache(rows)  # the original's cached path forgot this
+                # Beams only move within their example, whose context rows are equal: only the
+                # cache needs the new order (the original's cached path forgot even this).
+                model_kwargs["cache"].reorder_cache(rows)
+            else:
+                for key in (
+                    "img_feats",
+                    "img_attention_mask",
+                    "tag_input_ids",
+                    "tag_attention_mask",
+                    "tag_position_ids",
+                ):
+                    if model_kwargs.get(key) is not None:
+                        model_kwargs[key] = model_kwargs[key][rows]
             if all(done):
                 break
         return self._collect(hyps, batch, device)

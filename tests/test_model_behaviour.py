@@ -304,7 +304,8 @@ def test_caption_loss_drop_worst_keeps_the_lowest():
     torch.testing.assert_close(caption_loss(logits, targets, 0.0, 0.2), expected)
 
 
-def test_drop_worst_waits_for_drop_worst_after():
+def test_drop_worst_ratio_can_be_switched_off_per_call():
+    # The caption recipe passes drop_worst_ratio=0 before config.drop_worst_after steps.
     model = OscarForImageCaptioning(
         tiny_config(drop_worst_ratio=0.5, drop_worst_after=100, max_caption_length=5)
     ).eval()
@@ -314,11 +315,9 @@ def test_drop_worst_waits_for_drop_worst_after():
     feats = torch.randn(2, 3, 14)
     with torch.no_grad():
         early = model(
-            input_ids=ids, img_feats=feats, labels=labels, attention_mask=torch.ones_like(ids), global_step=5
+            input_ids=ids, img_feats=feats, labels=labels, attention_mask=torch.ones_like(ids), drop_worst_ratio=0.0
         )
-        late = model(
-            input_ids=ids, img_feats=feats, labels=labels, attention_mask=torch.ones_like(ids), global_step=500
-        )
+        late = model(input_ids=ids, img_feats=feats, labels=labels, attention_mask=torch.ones_like(ids))
     assert late.loss < early.loss
 
 
@@ -402,7 +401,9 @@ def test_labels_of_wrong_shape():
         OscarForSequenceClassification(config)(**inputs, labels=torch.tensor([0, 1]))
     config = tiny_config()
     with pytest.raises(ValueError, match=r"class-index labels of shape \(2,\)"):
-        OscarForSequenceClassification(config)(**classification_inputs(config), labels=torch.zeros(2, 3))
+        OscarForSequenceClassification(config)(
+            **classification_inputs(config), labels=torch.zeros(2, 3, dtype=torch.long)
+        )
     with pytest.raises(ValueError, match="contrastive_labels has shape"):
         OscarForPreTraining(config)(**classification_inputs(config), contrastive_labels=torch.tensor([0]))
     with pytest.raises(ValueError, match="labels has shape"):
