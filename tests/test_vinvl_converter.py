@@ -165,3 +165,18 @@ def test_converted_folder_loads_without_the_package(tmp_path):
     assert all(report["labels_equal"]), report
     assert max(report["max_feature_diff"]) < 1e-4 and max(report["max_box_diff"]) < 1e-3, report
     assert all(tag.startswith("object") for tag in report["tags"]), report
+
+
+def test_auto_class_registration(tmp_path):
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    from oscar_hf.processors.image_processing_vinvl import VinVLImageProcessor
+    from oscar_hf.processors.modeling_vinvl import register_vinvl_auto_classes
+
+    register_vinvl_auto_classes()
+    register_vinvl_auto_classes()  # harmless twice
+    config = AutoConfig.for_model("vinvl_detector", stage_block_counts=(1, 1, 1), head_block_count=1)
+    assert isinstance(AutoModel.from_config(config), VinVLDetector)
+    config.save_pretrained(tmp_path)
+    VinVLImageProcessor(min_size=160).save_pretrained(tmp_path)
+    assert isinstance(AutoImageProcessor.from_pretrained(tmp_path), VinVLImageProcessor)

@@ -1,0 +1,328 @@
+"""Speed and memory of the native VinVL detector against the original's way of computing, side by side.
+
+    python benchmarks/vinvl_detector.py [--quick] [--threads 2] [--out results.json]
+
+Full-size detector (ResNeXt-152 C4, 1595 classes, 525 attributes; random weights, seeded), one 600 x 1000
+image (the extraction recipe: NMS filter 1, proposals as boxes), CPU threads as given. Every variant runs in
+its own process so that its peak RSS is its own:
+
+- `original fp32`: what the original computes (`OriginalComputeDetector` below): contiguous NCHW
+  convolutions, res5 run twice (300 proposals, then again on the kept boxes for the attribute head), one
+  Python-level NMS call per class in the post-processing;
+- `ours fp32`: the default path (channels-last, res5 output of the proposals reused, all classes' NMS at once);
+- `ours bf16`: the same under `torch.autocast("cpu", dtype=torch.bfloat16)`;
+- `ours fp32 batched`: two images in one zero-padded batch vs one by one (seconds per image).
+
+Reported: seconds per image, the per-stage split (backbone, RPN, res5 box head on proposals,
+post-processing, attribute head), peak RSS, the fast path's ratio against the original, whether the fp32
+outputs are identical (labels, boxes, features), and what bf16 changes (box IoU and label agreement against
+fp32, feature differences). `--quick` uses the reduced test sizes and finishes in seconds: its numbers are a
+smoke test, not results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("backbone", "rpn", "res5 box head (proposals)", "post-processing", "attribute head")
+QUICK_SIZES = dict(
+    num_groups=4, width_per_group=4, stem_out_channels=8, res2_out_channels=16, backbone_out_channels=64,
+    num_classes=51, num_attributes=21, class_embedding_dim=16, attribute_embedding_dim=32,
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# The baseline: the original's way of computing, same numbers
+# ------------------------------------------------------------------------------------------------
+
+
+def original_compute_detector():
+    from oscar_hf.processors.modeling_vinvl import VinVLDetector, nms
+
+    class OriginalComputeDetector(VinVLDetector):
+        """Computes as the original does: one NMS call per class (a Python loop), NCHW convolutions and
+        (set in the config) res5 recomputed for the attribute head. Benchmark only."""
+
+        def _class_nms_mask(self, boxes, probs, threshold, shared_boxes, candidates=None):
+            mask = torch.zeros_like(probs, dtype=torch.bool)
+            for j in range(1, probs.shape[1]):
+                rows = torch.arange(len(probs)) if candidates is None else candidates[:, j].nonzero().squeeze(1)
+                if len(rows):
+                    keep = nms(boxes[rows, j], probs[rows, j], threshold, self.config.nms_implementation)
+                    mask[rows[keep], j] = True
+            return mask
+
+    return OriginalComputeDetector
+
+
+def build_model(variant: str, quick: bool):
+    from oscar_hf.processors.configuration_vinvl import VinVLDetectorConfig
+    from oscar_hf.processors.modeling_vinvl import VinVLBottleneck, VinVLDetector
+
+    original = variant.startswith("original")
+    config = VinVLDetectorConfig(
+        **(QUICK_SIZES if quick else {}),
+        **({"min_size_test": 160, "max_size_test": 256} if quick else {}),
+        channels_last=not original,
+        reuse_proposal_features=not original,
+    )
+    torch.manual_seed(0)
+    model = (original_compute_detector() if original else VinVLDetector)(config).eval()
+    with torch.no_grad():
+        # Keep random activations bounded through 52 residual blocks, and the stem sized for 0-255 input.
+        model.backbone.body.stem.conv1.weight.div_(64)
+        for module in model.modules():
+            if isinstance(module, VinVLBottleneck):
+                module.bn3.weight.fill_(0.2)
+        model.roi_heads.box.predictor.cls_score.weight.mul_(30)
+    return model
+
+
+def test_images(quick: bool, count: int):
+    import numpy as np
+
+    height, width = (160, 256) if quick else (600, 1000)
+    rng = np.random.default_rng(0)
+    # Smooth random images (a photo-like spectrum matters little for timing, but keeps the RPN honest).
+    images = []
+    for i in range(count):
+        low = rng.integers(0, 256, (height // 20 + 1, width // 20 + 1, 3)).astype(np.uint8)
+        from PIL import Image
+
+        image = Image.fromarray(low).resize((width - 40 * i, height), Image.BILINEAR)
+        images.append(np.asarray(image))
+    return images
+
+
+# ------------------------------------------------------------------------------------------------
+# One variant (runs in its own process)
+# ------------------------------------------------------------------------------------------------
+
+
+class StageTimer:
+    """Wraps model methods so that each top-level call adds its wall time to a stage."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.active = None
+
+    def wrap(self, owner, name: str, stage: str) -> None:
+        method = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            if self.active is not None:
+                return method(*args, **kwargs)
+            self.active, start = stage, time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds[stage] += time.perf_counter() - start
+                self.active = None
+
+        setattr(owner, name, timed)
+
+
+def run_variant(variant: str, quick: bool, repeats: int, dump: Path) -> dict:
+    from oscar_hf.processors.image_processing_vinvl import VinVLImageProcessor
+
+    model = build_model(variant, quick)
+    processor = VinVLImageProcessor(min_size=model.config.min_size_test, max_size=model.config.max_size_test)
+    batched = variant.endswith("batched")
+    images = test_images(quick, 2 if batched else 1)
+    features = processor(images, pad_batch=batched)
+    timer = StageTimer()
+    timer.wrap(model, "extract_c4", "backbone")
+    timer.wrap(model.rpn, "forward", "rpn")
+    timer.wrap(model.rpn, "select_proposals", "rpn")
+    timer.wrap(model, "pool_regions", "res5 box head (proposals)")
+    timer.wrap(model, "classify_regions", "post-processing")
+    timer.wrap(model, "select_detections", "post-processing")
+    timer.wrap(model, "_attribute_features", "attribute head")
+    timer.wrap(model, "predict_attributes", "attribute head")
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if "bf16" in variant else nullcontext()
+
+    def once():
+        with context, torch.inference_mode():
+            return model(**features)
+
+    once()  # warm-up (oneDNN primitive creation, allocator)
+    timer.seconds = dict.fromkeys(STAGES, 0.0)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        output = once()
+    total = (time.perf_counter() - start) / repeats
+    per_image = len(images)
+    result = {
+        "variant": variant,
+        "images_per_forward": per_image,
+        "seconds_per_image": total / per_image,
+        "stages_seconds_per_image": {k: v / repeats / per_image for k, v in timer.seconds.items()},
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "detections": [len(b) for b in output.boxes],
+    }
+    torch.save(
+        {
+            "boxes": output.boxes,
+            "labels": output.labels,
+            "features": [f.float() for f in output.region_features],
+            "attribute_labels": output.attribute_labels,
+        },
+        dump,
+    )
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Comparisons
+# ------------------------------------------------------------------------------------------------
+
+
+def compare_identical(reference: dict, other: dict) -> dict:
+    same_labels = all(torch.equal(a, b) for a, b in zip(reference["labels"], other["labels"]))
+    same_counts = [len(a) for a in reference["labels"]] == [len(b) for b in other["labels"]]
+    report = {"same_counts": same_counts, "same_labels_and_order": same_counts and same_labels}
+    if same_counts:
+        report["max_abs_box_diff"] = max(
+            (a - b).abs().max().item() for a, b in zip(reference["boxes"], other["boxes"])
+        )
+        report["max_abs_feature_diff"] = max(
+            (a - b).abs().max().item() for a, b in zip(reference["features"], other["features"])
+        )
+        report["same_attribute_labels"] = all(
+            torch.equal(a, b) for a, b in zip(reference["attribute_labels"], other["attribute_labels"])
+        )
+    return report
+
+
+def compare_bf16(fp32: dict, bf16: dict) -> dict:
+    """Matches each bf16 box to the fp32 box of highest IoU; reports IoU, label agreement, feature error."""
+    from torchvision.ops import box_iou
+
+    ious, agree, feature_diff, feature_rel = [], [], [], []
+    for boxes32, labels32, feats32, boxes16, labels16, feats16 in zip(
+        fp32["boxes"], fp32["labels"], fp32["features"], bf16["boxes"], bf16["labels"], bf16["features"]
+    ):
+        best_iou, best = box_iou(boxes16, boxes32).max(1)
+        ious.append(best_iou)
+        agree.append((labels16 == labels32[best]).float())
+        close = best_iou > 0.99
+        diff = (feats16[close] - feats32[best[close]]).abs()
+        feature_diff.append(diff.max().item() if diff.numel() else float("nan"))
+        feature_rel.append((diff.norm() / feats32[best[close]].norm()).item() if diff.numel() else float("nan"))
+    ious, agree = torch.cat(ious), torch.cat(agree)
+    return {
+        "detections_fp32": [len(b) for b in fp32["boxes"]],
+        "detections_bf16": [len(b) for b in bf16["boxes"]],
+        "mean_best_iou_vs_fp32": ious.mean().item(),
+        "share_boxes_iou_above_0.99": (ious > 0.99).float().mean().item(),
+        "label_agreement_at_best_match": agree.mean().item(),
+        "max_abs_feature_diff_matched": max(feature_diff),
+        "relative_feature_error_matched": max(feature_rel),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Driver
+# ------------------------------------------------------------------------------------------------
+
+VARIANTS = ("original fp32", "ours fp32", "ours bf16", "ours fp32 batched")
+
+
+def to_markdown(results: dict) -> str:
+    lines = [
+        "# VinVL detector on CPU: native vs the original's computation",
+        "",
+        f"{'QUICK SIZES: a smoke test, not results. ' if results['quick'] else ''}"
+        f"{results['setting']}. Machine: {results['machine']}; load average at start {results['load_average']}.",
+        "",
+        "| variant | s / image | " + " | ".join(STAGES) + " | peak RSS (MB) | vs original fp32 |",
+        "| --- | --- | " + " | ".join("---" for _ in STAGES) + " | --- | --- |",
+    ]
+    base = results["variants"]["original fp32"]["seconds_per_image"]
+    for name, row in results["variants"].items():
+        stages = " | ".join(f"{row['stages_seconds_per_image'][s]:.2f}" for s in STAGES)
+        lines.append(
+            f"| {name} | {row['seconds_per_image']:.2f} | {stages} | {row['peak_rss_mb']:.0f} | "
+            f"{base / row['seconds_per_image']:.2f}x |"
+        )
+    lines += ["", "fp32 outputs, ours vs original: `" + json.dumps(results["fp32_identical"]) + "`", ""]
+    lines += ["bf16 vs fp32 (ours): `" + json.dumps(results["bf16_effect"]) + "`", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="reduced sizes; finishes in seconds (not results)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None, help="JSON results (a .md table is written beside it)")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--dump", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    if args.variant:  # child process: one variant
+        print("RESULT " + json.dumps(run_variant(args.variant, args.quick, args.repeats, args.dump)))
+        return
+
+    results = {
+        "quick": args.quick,
+        "setting": (
+            "reduced test sizes, one 160 x 256 image"
+            if args.quick
+            else "full-size X152-C4 (random weights), one 600 x 1000 image, extraction recipe (NMS filter 1)"
+        )
+        + f", {args.threads} threads, {args.repeats} timed run(s) after one warm-up",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "variants": {},
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in VARIANTS:
+            dump = Path(tmp) / f"{variant.replace(' ', '_')}.pt"
+            command = [sys.executable, __file__, "--variant", variant, "--dump", str(dump)]
+            command += ["--threads", str(args.threads), "--repeats", str(args.repeats)] + (
+                ["--quick"] if args.quick else []
+            )
+            done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+            if done.returncode != 0:
+                raise SystemExit(f"variant {variant!r} failed:\n{done.stderr[-4000:]}")
+            row = json.loads([line for line in done.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
+            results["variants"][variant] = row
+            print(
+                f"{variant:20s} {row['seconds_per_image']:.2f} s/image  peak RSS {row['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
+        dumps = {v: torch.load(Path(tmp) / f"{v.replace(' ', '_')}.pt", weights_only=True) for v in VARIANTS}
+    results["fp32_identical"] = compare_identical(dumps["original fp32"], dumps["ours fp32"])
+    results["bf16_effect"] = compare_bf16(dumps["ours fp32"], dumps["ours bf16"])
+    base = results["variants"]["original fp32"]["seconds_per_image"]
+    results["speedup_vs_original_fp32"] = {
+        name: base / row["seconds_per_image"] for name, row in results["variants"].items()
+    }
+    if args.quick:
+        print("quick sizes: a smoke test of the benchmark, not results")
+    print(json.dumps({k: results[k] for k in ("fp32_identical", "bf16_effect", "speedup_vs_original_fp32")}, indent=1))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(to_markdown(results))
+
+
+if __name__ == "__main__":
+    main()
