@@ -79,7 +79,7 @@ def nlvr2_accuracy(
         raise ValueError(
             f"{len(predictions)} predictions but {len(references)} labels; pass one label per prediction."
         )
-    if not predictions:
+    if len(predictions) == 0:
         raise ValueError("No predictions to score; pass at least one example.")
     predictions = [nlvr2_label(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
     references = [nlvr2_label(r, f"references[{i}]") for i, r in enumerate(references)]
