@@ -165,3 +165,21 @@ def test_builder_without_references_for_test_split(tmp_path):
     assert row["nocaps_id"] == 7 and list(row["references"]) == [] and list(row["cbs_classes"]) == ["dog"]
     with pytest.raises(FileNotFoundError, match="image info"):
         NocapsBuilder(regions, tmp_path / "missing.json")
+
+
+def test_data_cli_builds_nocaps(nocaps, tmp_path):
+    from oscar_hf.data.cli import main as data_cli
+
+    src = nocaps["src"]
+    code = data_cli(
+        [
+            "build", "nocaps", "--features", str(src / "val.feature.tsv"), "--labels", str(src / "val.label.tsv"),
+            "--annotations", f"val={src / 'nocaps_val_4500_captions.json'}", "--cbs-boxes", str(src / "val.cbsbox.tsv"),
+            "--out", str(tmp_path / "cli"), "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    built = load_split(str(tmp_path / "cli"), "val")
+    expected = load_split(str(nocaps["data"]), "val")
+    assert list(built["open_images_id"]) == list(expected["open_images_id"])
+    assert [list(c) for c in built["cbs_classes"]] == [list(c) for c in expected["cbs_classes"]]

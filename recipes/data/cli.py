@@ -19,7 +19,7 @@ from .tsv import write_lineidx
 from .writer import BuildSummary, build_dataset
 
 
-TASKS = ("caption", "retrieval", "vqa", "gqa", "nlvr2", "pretrain")
+TASKS = ("caption", "retrieval", "vqa", "gqa", "nlvr2", "pretrain", "nocaps")
 
 
 def _add_writer_options(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--answer-min-count", type=int, default=9, help="vqa: min count when building the vocabulary")
     build.add_argument("--caption-rows", choices=("auto", "caption", "image"), default="auto")
     build.add_argument("--test-1k-keys", type=Path, help="retrieval: the original 1K test image keys")
+    build.add_argument(
+        "--cbs-boxes",
+        type=Path,
+        help="nocaps: detector boxes (Oscar's val.cbsbox.tsv or nocaps' oi_detector_boxes.json)",
+    )
     build.add_argument("--image-key-template", default="{id}", help="feature-file key of an annotation image id")
     _add_writer_options(build)
     _add_detector_options(build)
@@ -154,6 +159,13 @@ def make_builder(args: argparse.Namespace):
     if args.task == "retrieval":
         return RetrievalBuilder(regions, args.annotations[0], test_1k_keys=args.test_1k_keys, **common)
     splits = _split_entries(args.annotations, args.task)
+    if args.task == "nocaps":
+        from .nocaps import NocapsBuilder
+
+        if len(splits) != 1:
+            raise ValueError("build nocaps takes one SPLIT=IMAGE_INFO.json entry (val or test) per build.")
+        ((split, image_info),) = splits.items()
+        return NocapsBuilder(regions, image_info, boxes=args.cbs_boxes, split=split, **common)
     if args.task == "vqa":
         pairs = {split: tuple((value.split(",") + [None])[:2]) for split, value in splits.items()}
         return VQABuilder(regions, pairs, answer_vocab=vocab, answer_min_count=args.answer_min_count, **common)
