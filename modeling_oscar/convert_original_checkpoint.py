@@ -71,16 +71,16 @@ def _weights_only_load(file: Path, what: str):
     except pickle.UnpicklingError as error:
         text = str(error)
         found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: ([\w.]+)", text)
-        if "Weights only load failed" in text or found:
-            offending = found.group(1) if found else "an object that is not a tensor"
+        if found:
             raise ValueError(
-                f"{file}: refused to unpickle {what}: it references {offending}, which weights-only loading does "
-                "not allow (it could run code). Expected a plain state dict of tensors. Fix: re-save it as "
-                "`torch.save(model.state_dict(), ...)` on a trusted machine, or export safetensors."
+                f"{file}: refused to unpickle {what}: it references {found.group(1)}, which weights-only loading "
+                f"does not allow (it could run code). Expected {what} holding only tensors and plain values. Fix: "
+                "re-save it as `torch.save(model.state_dict(), ...)` on a trusted machine, or export safetensors."
             ) from None
+        detail = next((line.strip() for line in text.splitlines() if "WeightsUnpickler error" in line), "")
         raise ValueError(
-            f"{file} is not a torch file ({text.splitlines()[0] if text else type(error).__name__}); expected "
-            f"{what} written by `torch.save`. Fix: check the path, or re-download a truncated file."
+            f"{file} is not a torch file ({detail or type(error).__name__}); expected {what} written by "
+            "`torch.save`. Fix: check the path, or re-download a truncated file."
         ) from None
     except Exception as error:  # noqa: BLE001 - torch raises KeyError, RuntimeError, EOFError... on non-torch bytes
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -99,6 +99,9 @@ def load_original_state_dict(src: str | os.PathLike) -> dict[str, torch.Tensor]:
     state_dict = _weights_only_load(file, "the checkpoint's state dict")
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         kind = type(state_dict).__name__
+        if isinstance(state_dict, dict):
+            key, value = next((k, v) for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
+            kind = f"dict whose entry {key!r} is {type(value).__name__}"
         raise CheckpointLayoutError(
             f"{file} holds a {kind}, not a state dict of tensors. Fix: pass the pytorch_model.bin the original "
             "code saved with `torch.save(model.state_dict(), ...)`."
