@@ -33,5 +33,5 @@ compat-4.57:
 # Build the wheel, install it in a fresh venv and run it from outside the clone (part of .ci/run).
 wheel-smoke:
 	rm -rf dist && $(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
-	tmp=$$(mktemp -d) && python3 -m venv $$tmp/venv && $$tmp/venv/bin/python -m pip install -q "$$(ls dist/oscar_hf-*.whl)[train,data,metrics]" \
-		&& cd $$tmp && $$tmp/venv/bin/python $(CURDIR)/.ci/wheel_smoke.py $(CURDIR) $$tmp/work; rm -rf $$tmp
+	tmp=$$(mktemp -d); python3 -m venv $$tmp/venv && $$tmp/venv/bin/python -m pip install -q "$$(ls dist/oscar_hf-*.whl)[train,data,metrics]" \
+		&& (cd $$tmp && $$tmp/venv/bin/python $(CURDIR)/.ci/wheel_smoke.py $(CURDIR) $$tmp/work); status=$$?; rm -rf $$tmp; exit $$status
