@@ -10,12 +10,13 @@ constraints over a small vocabulary.
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from support import fixture_folder, manifest_cases
+from support import REPO_ROOT, fixture_folder, manifest_cases, run_isolated
 
 from oscar_hf.cbs_oscar import ConstraintFSM
 from oscar_hf.processors.cbs_constraints import (
@@ -279,6 +280,34 @@ def test_contains_constraint():
     assert contains_constraint([5, 6, 7], [[6], [7, 8]])
     assert not contains_constraint([5, 7, 6], [[6], [7, 8]])
     assert not contains_constraint([5], [])
+
+
+@pytest.mark.slow
+def test_cbs_module_is_flat_remote_code(tmp_path):
+    """cbs_oscar.py works next to configuration/modeling_oscar.py alone, with oscar_hf blocked."""
+    folder = tmp_path / "remote" / "oscar_remote"
+    folder.mkdir(parents=True)
+    for name in ("configuration_oscar.py", "modeling_oscar.py", "cbs_oscar.py"):
+        shutil.copy(REPO_ROOT / "modeling_oscar" / name, folder / name)
+    (folder / "__init__.py").write_text("")
+    script = """
+import json, torch
+from oscar_remote.cbs_oscar import ConstraintFSM, constrained_beam_search
+from oscar_remote.configuration_oscar import OscarConfig
+from oscar_remote.modeling_oscar import OscarForImageCaptioning
+torch.manual_seed(0)
+config = OscarConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=64, max_caption_length=8, mask_token_id=3, bos_token_id=1, eos_token_id=2)
+model = OscarForImageCaptioning(config).eval()
+other = torch.zeros(2, 2, dtype=torch.bool); other[0, 0] = other[1, 1] = True
+tokens = torch.zeros(2, 2, 1, dtype=torch.bool); tokens[0, 1, 0] = tokens[1, 1, 0] = True
+fsm = ConstraintFSM(torch.tensor([7]), tokens, other, num_constraints=1, num_main_states=2)
+out = constrained_beam_search(model, fsm=[fsm], img_feats=torch.randn(1, 3, 2054), num_beams=2, max_length=5,
+                              min_constraints_to_satisfy=1)
+print("RESULT " + json.dumps({"ids": out.sequences[0].tolist(), "found": bool(out.valid_beam_found[0])}))
+"""
+    result = run_isolated(script, workdir=tmp_path / "run", extra_path=tmp_path / "remote")
+    assert result["found"] and 7 in result["ids"] and result["ids"][-1] == 2
 
 
 # ----------------------------------------------------------------------------------------------
