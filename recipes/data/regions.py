@@ -104,8 +104,21 @@ def decode_feature_blob(
         candidates += [(feature_dim - BOX_DIMS, np.float32, False), (feature_dim - BOX_DIMS, np.float16, False)]
     for dim, dtype, has_box in candidates:
         if len(raw) == num_boxes * dim * np.dtype(dtype).itemsize:
-            array = np.frombuffer(raw, dtype=dtype).reshape(num_boxes, dim)
-            return array.astype(np.float32), has_box
+            array = np.frombuffer(raw, dtype=dtype).reshape(num_boxes, dim).astype(np.float32)
+            # Bytes that also fit float32 rows with another num_boxes: a wrong count column would make
+            # float32 data read as float16 garbage. Box values (in [0, 1], w = x2 - x1) tell them apart.
+            fits_float32 = any(len(raw) % (d * 4) == 0 for d, t, _ in candidates if t == np.float32)
+            if dtype == np.float16 and fits_float32 and has_box and not _plausible_box_dims(array[:, -BOX_DIMS:]):
+                raise BadRowError(
+                    "num_boxes",
+                    path,
+                    line,
+                    key,
+                    f"{len(raw)} feature bytes fit num_boxes={num_boxes} only as float16, whose box values "
+                    f"are not boxes, or {len(raw) // (dim * 4)} float32 rows: the count column looks wrong.",
+                    "fix num_boxes, or pass --skip-bad-rows to skip and count the row.",
+                )
+            return array, has_box
     expected = ", ".join(
         f"{num_boxes * d * np.dtype(t).itemsize} ({d} x {np.dtype(t).name})" for d, t, _ in candidates
     )
@@ -117,6 +130,15 @@ def decode_feature_blob(
         f"{len(raw)} feature bytes do not fit num_boxes={num_boxes}; expected one of {expected} bytes.",
         "check num_boxes and --feature-dim, or pass --skip-bad-rows to skip and count the row.",
     )
+
+
+def _plausible_box_dims(box_dims: np.ndarray) -> bool:
+    """`[x1, y1, x2, y2, w, h]` normalised by the image size: inside [0, 1] (with slack) and w = x2 - x1."""
+    if not np.isfinite(box_dims).all():
+        return False
+    x1, y1, x2, y2, w, h = box_dims.T
+    inside = (box_dims >= -0.05).all() and (box_dims <= 1.05).all()
+    return bool(inside and np.allclose(x2 - x1, w, atol=0.01) and np.allclose(y2 - y1, h, atol=0.01))
 
 
 def _json_cell(text: str, path: Path, line: int, key: str):

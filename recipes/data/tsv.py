@@ -194,10 +194,16 @@ class TsvFile:
             piece = handle.read(_KEY_PROBE)
             chunk += piece
             cut = min((p for p in (chunk.find(b"\t"), chunk.find(b"\n")) if p >= 0), default=-1)
-            if cut >= 0:
-                return chunk[:cut].decode("utf-8")
-            if not piece:
-                return chunk.decode("utf-8")
+            if cut >= 0 or not piece:
+                return self._decode_key(chunk[:cut] if cut >= 0 else chunk, index)
+
+    def _decode_key(self, raw: bytes, index: int) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise BadRowError(
+                "encoding", self.path, index + 1, None, f"the key column is not UTF-8 ({error}).", "re-export the TSV."
+            ) from None
 
     @property
     def keys(self) -> dict[str, int]:
@@ -222,7 +228,26 @@ class TsvFile:
                 f"malformed JSON ({error.msg}).",
                 "re-create the file.",
             ) from None
-        return {str(key): int(value) for key, value in mapping.items()}
+        if not isinstance(mapping, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(self) for v in mapping.values()
+        ):
+            bad = (
+                mapping
+                if not isinstance(mapping, dict)
+                else next(
+                    f"{k!r}: {v!r}" for k, v in mapping.items() if not (isinstance(v, int) and 0 <= v < len(self))
+                )
+            )
+            raise BadRowError(
+                "key_index",
+                self.key_index_path,
+                None,
+                None,
+                f"expected {{image_id: row index}} with row indices in [0, {len(self)}) of {self.path.name}; "
+                f"found {str(bad)[:80]}.",
+                "regenerate the key index (imageid2idx.json) or drop it to let the reader scan the keys.",
+            )
+        return {str(key): value for key, value in mapping.items()}
 
     def _scan_keys(self) -> dict[str, int]:
         keys: dict[str, int] = {}
