@@ -243,6 +243,8 @@ def _attention_function(implementation: str, output_attentions: bool):
     # Only the eager kernel materialises the weights, so `output_attentions` runs it.
     if implementation == "eager" or output_attentions:
         return eager_attention_forward
+    if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers 5
+        return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
     return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
@@ -1224,6 +1226,12 @@ def caption_loss(
     return losses.mean()
 
 
+def _static_cache_length(cache: StaticCache) -> int:
+    # `get_max_length` in transformers 5.2x, `get_max_cache_shape` before.
+    length = getattr(cache, "get_max_length", None) or cache.get_max_cache_shape
+    return length()
+
+
 @functools.cache
 def _forward_parameters(model_class: type) -> frozenset[str]:
     return frozenset(inspect.signature(model_class.forward).parameters)
@@ -1460,10 +1468,11 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
         num_cached = num_context + num_caption  # persistent keys once this step is written
         if use_cache and isinstance(cache, StaticCache):
             # The static cache returns all its slots: mask the ones not written yet.
-            free = cache.get_max_cache_shape() - num_cached
+            capacity = _static_cache_length(cache)
+            free = capacity - num_cached
             if free < 0:
                 raise ValueError(
-                    f"The static cache holds {cache.get_max_cache_shape()} positions but tags, regions and caption "
+                    f"The static cache holds {capacity} positions but tags, regions and caption "
                     f"need {num_cached}; let generate() size it (cache_implementation='static')."
                 )
             step_mask = torch.cat(
