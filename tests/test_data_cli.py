@@ -137,7 +137,7 @@ def test_cli_build_vqa_and_errors(tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["rows"] == {"train": 3} and report["bad_rows"] == {}
-    assert load_dataset(str(tmp_path / "vqa"), split="train")[0]["labels"] == pytest.approx([1.0, 1 / 3, 2 / 3, 0.0])
+    assert load_dataset(str(tmp_path / "vqa"), split="train")[0]["labels"] == pytest.approx([1.0, 0.3, 0.6, 0.0])
     # Corrupt a feature row: exit code 2 and the reason names file, line and id; --skip-bad-rows counts it.
     path = world.root / "train.feature.tsv"
     lines = path.read_text().splitlines()
