@@ -18,7 +18,7 @@ Evaluation (`--eval_mode`):
 - `full`: every image x caption pair of the evaluation split is scored (batched, sharded across
   processes); Recall@1/5/10 both ways and `rsum` from `oscar_hf.metrics.retrieval_recall`.
   COCO 1K is `--eval_split test_1k`, 5K `test_5k` (N x 5N forward passes: plan for it). On
-  `test_5k` the paper's 1K protocol comes with it: `1k_*` metrics are the mean over the five 1K
+  `test_5k` (`full`) the paper's 1K protocol comes with it: `1k_*` metrics are the mean over the five 1K
   folds (`fold_1k`) of the same score matrix, next to the 5K numbers.
 - `rerank`: a first stage picks each image's `rerank_top_k` captions and each caption's
   `rerank_top_k` images; only those pairs go through the model, which orders them ahead of the
@@ -158,7 +158,9 @@ def eval_pairs(args: RetrievalArguments, processor, accelerator) -> EvalPairs:
         collate_fn=OscarRetrievalPairCollator(processor, images, captions, max_seq_length=args.max_seq_length),
         num_workers=args.dataloader_num_workers,
     )
-    folds = np.asarray(images["fold_1k"]) if "fold_1k" in images.column_names else None
+    # The 1K protocol ranks within each fold: with full scoring only (re-ranking picked its
+    # candidates over the whole split).
+    folds = np.asarray(images["fold_1k"]) if args.eval_mode == "full" and "fold_1k" in images.column_names else None
     if folds is not None and len(np.unique(folds[folds >= 0])) < 2:
         folds = None  # a single fold (test_1k) is the split itself
     return EvalPairs(loader, owner, candidates, folds)

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from support import REPO_ROOT
 from support.data import make_image, write_regions, write_vqa
-from support.recipes import TINY_MODEL, tokenizer_folder
+from support.recipes import TINY_MODEL, tiny_overrides, tokenizer_folder
 
 from oscar_hf import OscarConfig, OscarForNLVR2, OscarForSequenceClassification
-from oscar_hf.data import GQABuilder, NLVR2Builder, TsvRegionSource, VQABuilder, build_dataset
+from oscar_hf.data import GQABuilder, NLVR2Builder, RetrievalBuilder, TsvRegionSource, VQABuilder, build_dataset
 from oscar_hf.metrics import retrieval_recall, retrieval_recall_by_fold
 from oscar_hf.metrics.submissions import (
     check_gqa_predictions,
@@ -248,3 +248,55 @@ def test_1k_recall_is_the_mean_of_five_hand_ranked_folds():
         {key: value for key, value in reported.items() if key.startswith("1k_")}
     )
     assert retrieval.full_recall(scores, owner, None).keys() == retrieval_recall(scores).keys()
+
+
+@pytest.mark.slow
+def test_retrieval_recipe_reports_1k_folds_next_to_5k(tmp_path):
+    """test_5k with five folds (fold_size 2 here): the recipe's 1k_* equal the fold mean of its own matrix."""
+    src = tmp_path / "src"
+    keys = [str(200 + i) for i in range(12)]
+    source = regions(src, keys, seed=6)
+    things = ["dog", "cat", "table", "red car", "person", "dog"]
+    karpathy = {
+        "dataset": "coco",
+        "images": [
+            {
+                "cocoid": int(key), "filename": f"{key}.jpg", "split": "train" if i < 2 else "test",
+                "sentences": [{"raw": f"A {things[i % 6]} seen {c}.", "sentid": int(key) * 10 + c} for c in range(2)],
+            }
+            for i, key in enumerate(keys)
+        ],
+    }  # fmt: skip
+    (src / "dataset_coco.json").write_text(json.dumps(karpathy))
+    data = tmp_path / "data"
+    build_dataset(RetrievalBuilder(source, src / "dataset_coco.json", fold_size=2), data, progress=False)
+    scored = {}
+    original = retrieval.full_recall
+
+    def spy(matrix, text_to_image, folds):
+        scored.update(matrix=matrix, text_to_image=text_to_image, folds=folds)
+        return original(matrix, text_to_image, folds)
+
+    retrieval.full_recall = spy
+    try:
+        final, result = retrieval.main(
+            [
+                "--config", str(REPO_ROOT / "recipes" / "configs" / "retrieval_base.yaml"), "--model_name_or_path", "none",
+                "--tokenizer_name_or_path", str(tokenizer_folder(tmp_path)), "--config_overrides", tiny_overrides(num_labels=2),
+                "--train_data", str(data), "--eval_data", str(data), "--eval_split", "test_5k", "--eval_mode", "full",
+                "--output_dir", str(tmp_path / "run"), "--max_train_steps", "1", "--per_device_train_batch_size", "2",
+                *COMMON,
+            ]
+        )  # fmt: skip
+    finally:
+        retrieval.full_recall = original
+    metrics = result.history[-1]
+    assert list(scored["folds"]) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    by_fold = retrieval_recall_by_fold(scored["matrix"], folds=scored["folds"], text_to_image=scored["text_to_image"])
+    for key, value in by_fold.items():
+        assert metrics[f"eval/1k_{key}"] == pytest.approx(value), key
+    assert metrics["eval/i2t_R@1"] == pytest.approx(
+        retrieval_recall(scored["matrix"], text_to_image=scored["text_to_image"])["i2t_R@1"]
+    )
+    card = (final / "README.md").read_text()
+    assert "1k_i2t_R@1" in card and "mean of the five 1K folds" in card
