@@ -9,6 +9,8 @@ which recipes (SCST rewards, validation loops) also use directly:
 - `vqa`: VQA accuracy with the official answer normalisation, and Oscar's soft training targets;
 - `retrieval`: recall at 1/5/10 over a score matrix (COCO 1K folds and 5K);
 - `nlvr2`: accuracy and consistency;
+- `nocaps`: NoCaps val scores by domain (in / near / out / entire);
+- `submissions`: prediction files in the test servers' formats (VQA v2, GQA, NLVR2, NoCaps), checked;
 - `common`: where the `evaluate` modules live and which official scorers can run here.
 """
 
@@ -32,6 +34,7 @@ from .captioning import (
 )
 from .common import METRIC_NAMES, JavaStatus, java_status, load_metric, metric_path, spice_models_available
 from .nlvr2 import nlvr2_accuracy, nlvr2_label, nlvr2_sentence_id
+from .nocaps import nocaps_scores
 from .retrieval import retrieval_ranks, retrieval_recall, retrieval_recall_by_fold
 from .vqa import normalize_vqa_answer, soft_score_for_count, vqa_accuracy, vqa_answer_accuracy, vqa_soft_score
 
@@ -50,6 +53,7 @@ __all__ = [
     "nlvr2_accuracy",
     "nlvr2_label",
     "nlvr2_sentence_id",
+    "nocaps_scores",
     "normalize_vqa_answer",
     "ptb_tokenize",
     "retrieval_ranks",
