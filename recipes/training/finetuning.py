@@ -64,9 +64,14 @@ def build_processor(args: FinetuneArguments, **processor_kwargs: Any):
         )
     if not Path(source).is_dir():
         raise ValueError(f"tokenizer folder {source!r} does not exist; pass a folder holding vocab.txt.")
-    return load_processor(
+    processor = load_processor(
         source, max_img_seq_length=args.max_img_seq_length, max_seq_length=args.max_seq_length, **processor_kwargs
     )
+    img_feature_dim = args.config_dict().get("img_feature_dim")
+    if img_feature_dim is not None:
+        # The regions must be as wide as the model reads them (a detector's width + the 6 box values).
+        processor.image_processor.region_feature_dim = int(img_feature_dim) - 6
+    return processor
 
 
 def text_lengths(dataset: Any, tokenizer: Any, text_key: str, tags_key: str | None = None) -> list[int]:
