@@ -394,7 +394,7 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))) or 0 in array.shape:
         raise ValueError(
             f"Image array of shape {array.shape} is not an image; expected (H, W) grayscale, (H, W, 3) RGB or "
-            "(H, W, 4) RGBA (channels-first (3, H, W) is accepted too)."
+            "(H, W, 4) RGBA (channels-first (3, H, W) is accepted too), at least 1x1 pixels."
         )
     return Image.fromarray(np.ascontiguousarray(_scale_to_uint8(array)))  # L, RGB or RGBA from the shape
 

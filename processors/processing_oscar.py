@@ -264,7 +264,7 @@ class OscarProcessor(ProcessorMixin):
     def _tags_list(tags: Any, batch: int, regions: Sequence[Mapping[str, Any]] | None) -> list[str]:
         """One joined tag string per example. A list of strings with batch 1 is one image's class names."""
         if tags is None and regions is not None:
-            tags = [r.get("tags", r.get("labels")) for r in regions]
+            tags = [r.get("tags", r.get("labels")) if isinstance(r, Mapping) else None for r in regions]
         if tags is None:
             return [""] * batch
         if isinstance(tags, str):
