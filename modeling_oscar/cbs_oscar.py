@@ -477,6 +477,11 @@ def constrained_beam_search(
             f"input_ids has shape {tuple(input_ids.shape)}; constrained beam search starts from one token per "
             f"image, shape ({batch}, 1) (the [CLS] token)."
         )
+    if tag_position_ids is None and max_length > config.max_caption_length:
+        raise ValueError(
+            f"max_length={max_length} exceeds the caption slot (config.max_caption_length={config.max_caption_length}): "
+            "the caption would run into the tags' positions; lower max_length or pass tag_position_ids."
+        )
     fsms = _as_fsm_list(fsm, num_constraints, batch)
     batch_fsm = _batch_fsms(fsms, device)
     context = _build_context(model, img_feats, img_attention_mask, tag_input_ids, tag_attention_mask, tag_position_ids)
