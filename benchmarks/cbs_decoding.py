@@ -14,6 +14,7 @@ constraints), so it runs many more rows per step than plain beam search; the spa
 per-image memory to a few kilobytes where the original's dense one took 32 * 32 * vocab bytes.
 
     python benchmarks/cbs_decoding.py                 # BERT-base size, 4 images
+    python benchmarks/cbs_decoding.py --size small --images 1 --max_length 12   # a 2-core CPU budget
     python benchmarks/cbs_decoding.py --quick         # tiny sizes: checks the script, not a result
     python benchmarks/cbs_decoding.py --device cuda --json results/cbs_decoding.json
 """
@@ -44,12 +45,15 @@ class IdTokenizer:
         return [int(token[1:]) for token in tokens]
 
 
-def make_model(quick: bool, device: str) -> OscarForImageCaptioning:
-    size = (
-        dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-        if quick
-        else dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
-    )
+SIZES = {
+    "quick": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128),
+    "small": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+def make_model(size_name: str, device: str) -> OscarForImageCaptioning:
+    size = SIZES[size_name]
     config = OscarConfig(
         vocab_size=30522, max_caption_length=40, max_tag_length=30, max_position_embeddings=512, **size
     )
@@ -92,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model and lengths (script check, not results)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", choices=("small", "base"), default="base", help="model size (vocabulary 30522)")
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--num_beams", type=int, default=5)
     parser.add_argument("--max_length", type=int, default=None)
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     reps = args.reps or (2 if args.quick else 3)
     device = args.device
 
-    model = make_model(args.quick, device)
+    model = make_model("quick" if args.quick else args.size, device)
     inputs = make_inputs(images, regions, tags, device)
     fsms = make_fsms(images, device)
     beams = args.num_beams
