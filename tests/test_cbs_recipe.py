@@ -183,3 +183,18 @@ def test_data_cli_builds_nocaps(nocaps, tmp_path):
     expected = load_split(str(nocaps["data"]), "val")
     assert list(built["open_images_id"]) == list(expected["open_images_id"])
     assert [list(c) for c in built["cbs_classes"]] == [list(c) for c in expected["cbs_classes"]]
+
+
+@pytest.mark.slow
+def test_cbs_benchmark_runs_in_quick_mode(tmp_path, capsys):
+    """The benchmark script runs (quick sizes only check it; numbers are claimed in benchmarks/RESULTS.md)."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import cbs_decoding
+
+    report = cbs_decoding.main(["--quick", "--device", "cpu", "--reps", "1", "--json", str(tmp_path / "cbs.json")])
+    assert report["quick"] and "QUICK sizes" in capsys.readouterr().out
+    assert set(report["variants"]) == {"cbs (recompute)", "beam (recompute)", "beam (kv cache)"}
+    assert (
+        report["fsm_memory"]["sparse_bytes_per_image"] < report["fsm_memory"]["original_dense_bytes_per_image"] / 1000
+    )
+    assert json.loads((tmp_path / "cbs.json").read_text())["sizes"]["images"] == 2
