@@ -364,7 +364,11 @@ class TrainResult:
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The `checkpoints/step_N` folder with the largest N, or None."""
+    """The `checkpoints/step_N` folder with the largest N, or None.
+
+    Only complete states carry that name: `_save_state` writes `.step_N.partial` and renames it when
+    every process has finished writing, so a run killed inside `save_state` is never resumed from.
+    """
     folder = Path(output_dir) / "checkpoints"
     steps = [(int(m.group(1)), p) for p in folder.glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))]
     return max(steps)[1] if steps else None
@@ -387,12 +391,25 @@ def _resume_step(accelerator, args: RecipeArguments) -> int:
 
 
 def _save_state(accelerator, args: RecipeArguments, step: int) -> None:
+    """Write the training state to `.step_N.partial`, then rename it to `step_N` (atomic on one filesystem)."""
     folder = Path(args.output_dir) / "checkpoints"
-    accelerator.save_state(str(folder / f"step_{step}"))
-    if accelerator.is_main_process and args.checkpoints_total_limit:
-        states = sorted(folder.glob("step_*"), key=lambda p: int(p.name.split("_")[-1]))
-        for old in states[: -args.checkpoints_total_limit]:
-            shutil.rmtree(old)
+    partial, final = folder / f".step_{step}.partial", folder / f"step_{step}"
+    if accelerator.is_main_process:
+        for leftover in folder.glob(".step_*.partial"):  # from a run killed while saving
+            shutil.rmtree(leftover, ignore_errors=True)
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)  # a rerun reaching a step it had saved before
+        os.replace(partial, final)
+        if args.checkpoints_total_limit:
+            states = [p for p in folder.glob("step_*") if re.fullmatch(r"step_\d+", p.name)]
+            for old in sorted(states, key=lambda p: int(p.name.split("_")[-1]))[: -args.checkpoints_total_limit]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
 
 
 def train(
