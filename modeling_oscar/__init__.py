@@ -31,6 +31,18 @@ from .registration import AUTO_MAP, register_auto_classes
 
 register_auto_classes()
 
+
+def _register_vinvl_detector() -> None:
+    """The VinVL detector loads with AutoModel / AutoImageProcessor too; it needs torchvision (the `detect` extra)."""
+    try:
+        from .processors.modeling_vinvl import register_vinvl_auto_classes
+    except ImportError:  # torchvision missing: the detector is unavailable, everything else works
+        return
+    register_vinvl_auto_classes()
+
+
+_register_vinvl_detector()
+
 __version__ = "0.1.0.dev0"
 
 __all__ = [
