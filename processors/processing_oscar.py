@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import transformers
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
@@ -137,7 +138,10 @@ class OscarProcessor(ProcessorMixin):
     """
 
     attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
+    # transformers 4 finds the sub-processors through these names; 5 derives them from `__init__`
+    # and warns on every load that `image_processor_class` is deprecated.
+    if int(transformers.__version__.split(".")[0]) < 5:
+        image_processor_class = "AutoImageProcessor"
     tokenizer_class = "AutoTokenizer"
 
     def __init__(

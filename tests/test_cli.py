@@ -224,3 +224,20 @@ def test_detect_bad_input(tmp_path, capsys):
 def test_build_bad_input(tmp_path, capsys):
     code, _, err = run(capsys, "build", "vqa", "--features", tmp_path / "f.tsv", "--out", tmp_path / "vqa")
     assert code == 2 and "--annotations" in err
+
+
+def test_loading_a_processor_is_quiet(folders, tmp_path):
+    """No deprecation or false 'torchvision backend is not available' warning on a processor load.
+
+    In a fresh interpreter: transformers warns once per process, so an earlier load here would hide it.
+    """
+    script = (
+        "import sys\nfrom transformers import AutoProcessor\nfrom oscar_hf.processors import OscarProcessor\n"
+        "OscarProcessor.from_pretrained(sys.argv[1])\nAutoProcessor.from_pretrained(sys.argv[2])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(folders["oscar-vqa"]), str(folders["oscar-captioning"])],
+        capture_output=True, text=True, env=isolated_env(tmp_path), timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "deprecated" not in done.stderr and "backend is not available" not in done.stderr, done.stderr
