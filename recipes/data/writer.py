@@ -193,10 +193,14 @@ def read_manifest(out: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) and manifest.get("format") == _MANIFEST_FORMAT else None
 
 
+# describe() fields whose strings are options, not paths (a folder named "image" must not count).
+_NOT_PATHS = frozenset({"rows", "image_key_template", "type", "detector", "detector_kwargs", "image_id", "task"})
+
+
 def _input_paths(value: Any) -> list[Path]:
     """Every existing file or folder named anywhere in a builder's `describe()`."""
     if isinstance(value, dict):
-        return [path for item in value.values() for path in _input_paths(item)]
+        return [path for key, item in value.items() if key not in _NOT_PATHS for path in _input_paths(item)]
     if isinstance(value, (list, tuple)):
         return [path for item in value for path in _input_paths(item)]
     if isinstance(value, (str, os.PathLike)) and str(value):
