@@ -1,7 +1,8 @@
 """Jobs killed with SIGKILL on real subprocesses resume to the same result as uninterrupted runs.
 
-- Training: a pre-training run killed inside `save_state` (a half-saved step) resumes with
-  `--resume_from_checkpoint latest` from the last complete state and ends with identical weights.
+- Training: a pre-training run killed inside `save_state` (a half-saved step) or in the middle of an
+  optimizer step resumes with `--resume_from_checkpoint latest` from the last complete state and
+  ends with weights identical to an uninterrupted run.
 - Builds and feature extraction: killed mid-way and rerun, they finish with the same dataset.
 """
 
@@ -55,6 +56,15 @@ RUNNER = textwrap.dedent(
                 hang()
             return result
         accelerate.Accelerator.save_state = save_state
+    elif hook == "optimizer_step":  # inside optimizer step number `target`, before the update
+        from accelerate.optimizer import AcceleratedOptimizer
+        original, calls = AcceleratedOptimizer.step, [0]
+        def step(self, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == int(target):
+                hang()
+            return original(self, *args, **kwargs)
+        AcceleratedOptimizer.step = step
     elif hook == "unit":  # while the builder turns the unit of image `target` into rows
         from oscar_hf.data import builders
         original = builders.CaptionBuilder.unit_rows
@@ -166,25 +176,42 @@ def pretrain_argv(data: Path, tokenizer: Path, out: Path, *extra: str) -> list[s
             *extra]  # fmt: skip
 
 
-def test_training_killed_inside_save_state_resumes_to_identical_weights(tmp_path):
-    data, tokenizer = write_pretrain_corpus(tmp_path), tokenizer_folder(tmp_path)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The tiny corpus, its tokenizer and the weights of a run that was never killed."""
+    root = tmp_path_factory.mktemp("pretrain")
+    data, tokenizer = write_pretrain_corpus(root), tokenizer_folder(root)
     sys.path.insert(0, str(REPO_ROOT / "recipes"))
     import pretrain
 
-    full, _ = pretrain.main(pretrain_argv(data, tokenizer, tmp_path / "full"))
+    full, _ = pretrain.main(pretrain_argv(data, tokenizer, root / "full"))
+    return data, tokenizer, load_file(full / "model.safetensors")
 
+
+@pytest.mark.parametrize(
+    "hook, target, last_complete",
+    [
+        ("save_state", ".step_4.partial", "step_2"),  # killed while the step-4 state was being saved
+        ("optimizer_step", "5", "step_4"),  # killed between checkpoints, in the middle of step 5
+    ],
+)
+def test_training_killed_resumes_to_identical_weights(uninterrupted, tmp_path, hook, target, last_complete):
+    import pretrain
+
+    data, tokenizer, expected = uninterrupted
     run = tmp_path / "killed"
-    kill_when_hooked(tmp_path, "save_state", ".step_4.partial", ["pretrain", *pretrain_argv(data, tokenizer, run)])
+    kill_when_hooked(tmp_path, hook, target, ["pretrain", *pretrain_argv(data, tokenizer, run)])
     checkpoints = run / "checkpoints"
-    assert (checkpoints / ".step_4.partial").is_dir()  # the state being saved when the process died
-    assert latest_checkpoint(run) == checkpoints / "step_2"  # never the half-saved one
+    if hook == "save_state":
+        assert (checkpoints / ".step_4.partial").is_dir()  # the state being saved when the process died
+    assert latest_checkpoint(run) == checkpoints / last_complete  # never a half-saved one
     assert not (run / "final").exists()
 
     resumed, result = pretrain.main(pretrain_argv(data, tokenizer, run, "--resume_from_checkpoint", "latest"))
     assert result.global_step == 6
-    assert not list(checkpoints.glob(".step_*.partial"))  # the leftover was cleared by the next save
+    assert not list(checkpoints.glob(".step_*.partial"))  # a leftover is cleared by the next save
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_2", "step_4", "step_6"]
-    expected, got = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    got = load_file(resumed / "model.safetensors")
     assert expected.keys() == got.keys()
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0, msg=key)
