@@ -6,7 +6,9 @@ Command line: ``python -m oscar_hf.data build <task> ...`` (see ``docs/data.md``
 # The folder is installed as `oscar_hf.data`; imported under its folder name (e.g. from the repository root) it
 # would load a second, different copy of every class.
 if __name__ != "oscar_hf.data":
-    raise ImportError(f"{__name__} is the source folder of `oscar_hf.data`: `import oscar_hf.data` instead (pip install -e .).")
+    raise ImportError(
+        f"{__name__} is the source folder of `oscar_hf.data`: `import oscar_hf.data` instead (pip install -e .)."
+    )
 
 
 from .annotations import read_captions, read_corpus_yaml, read_gqa, read_karpathy, read_nlvr2, read_vqa
