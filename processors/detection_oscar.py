@@ -17,6 +17,12 @@ Every detector is a callable `detector(images) -> list[dict]`, one dict per PIL 
   post-processing drops the query indices, so the selection is redone here).
 - `RoIAlignFeatureExtractor`: VinVL / bottom-up style. A timm backbone and torchvision `roi_align`
   pool one vector per box; the boxes come from any detector above or from the user.
+- `VinVLDetectorAdapter`: the native VinVL detector (a folder written by
+  `python -m oscar_hf.convert_vinvl_detector`), the one whose 2048-d features and tags the released
+  Oscar+ / VinVL checkpoints read. Its records also carry `attributes` (names per box) and
+  `attribute_scores`; its box selection is the detector config's (the original post-processing).
+- `load_detector`: a detector reference (a folder, a model folder's `detector/` subfolder, a Hub
+  repository) -> the right adapter, VinVL or transformers, from the folder's `config.json`.
 
 Selection follows VinVL's extraction settings: score threshold 0.2, at least 10 and at most 100
 boxes per image, optional class-wise NMS. Features of a DETR-style model are NOT the 2048-d Faster
@@ -30,6 +36,7 @@ them (`img_feature_dim = d_model + 6`).
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -350,6 +357,245 @@ class RoIAlignFeatureExtractor:
                 }
             )
         return results
+
+
+VINVL_MODEL_TYPE = "vinvl_detector"
+# The box selection of a TransformersDetector, named after the processor's `detector_*` settings.
+SELECTION_KWARGS = ("score_threshold", "min_boxes", "max_boxes", "nms_threshold")
+
+
+class VinVLDetectorAdapter:
+    r"""Regions from the native VinVL object-attribute detector, as every detector here returns them.
+
+    The detector (`VinVLDetector`) and its image processor (`VinVLImageProcessor`) come from a folder
+    written by `python -m oscar_hf.convert_vinvl_detector`; that folder carries their flat code, so it
+    loads where this package is absent. Images run one per forward (the released features'
+    setting, `TEST.IMS_PER_BATCH 1`): the records equal `detector(**image_processor(images))` exactly.
+
+    Each record has `boxes` (original pixels), `scores`, `label_ids`, `tags` (class names),
+    `features` (N, 2048) pooled res5 features of the proposal each box came from, `image_size`
+    `(height, width)`, and the attribute head's `attributes` (per box, the names with a non-zero
+    score) and `attribute_scores` (N, k). The processor appends the 6 box values to `features`,
+    giving the 2054-d vectors Oscar+ reads.
+
+    Args:
+        model: a `VinVLDetector` (or the same class loaded as remote code).
+        image_processor: its `VinVLImageProcessor`.
+        score_threshold, min_boxes, max_boxes: override the detector config's `score_threshold`,
+            `min_detections_per_image` and `max_detections_per_image` (None keeps the config's; the
+            released setting is 0.2 / 10 / 100, the processor's defaults too).
+        device: where to run the detector (defaults to the model's device).
+        autocast_dtype: run under `torch.autocast` in this dtype (e.g. `torch.bfloat16`); None is fp32,
+            the original's numbers.
+
+    Example:
+        >>> detector = VinVLDetectorAdapter.from_pretrained("vinvl-detector")  # doctest: +SKIP
+        >>> regions = detector([PIL.Image.open("photo.jpg")])  # doctest: +SKIP
+        >>> regions[0]["tags"][:3], regions[0]["features"].shape  # doctest: +SKIP
+        (['man', 'shirt', 'table'], torch.Size([52, 2048]))
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        image_processor: Any,
+        score_threshold: float | None = None,
+        min_boxes: int | None = None,
+        max_boxes: int | None = None,
+        device: str | torch.device | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        if getattr(getattr(model, "config", None), "model_type", None) != VINVL_MODEL_TYPE:
+            raise ValueError(
+                f"model is a {type(model).__name__}; VinVLDetectorAdapter expects a VinVLDetector (model_type "
+                f"{VINVL_MODEL_TYPE!r}). Use TransformersDetector for other object detectors."
+            )
+        self.model = model.eval()
+        self.image_processor = image_processor
+        config = model.config
+        for name, value in (
+            ("score_threshold", score_threshold),
+            ("min_detections_per_image", min_boxes),
+            ("max_detections_per_image", max_boxes),
+        ):
+            if value is not None:
+                setattr(config, name, type(getattr(config, name))(value))
+        if not 0 <= config.min_detections_per_image <= config.max_detections_per_image:
+            raise ValueError(
+                f"min_boxes={config.min_detections_per_image}, max_boxes={config.max_detections_per_image}; "
+                "expected 0 <= min_boxes <= max_boxes."
+            )
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model.to(self.device)
+        self.autocast_dtype = autocast_dtype
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        subfolder: str = "",
+        hub_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> VinVLDetectorAdapter:
+        """Loads a converted detector folder or Hub repository (optionally its `subfolder`).
+
+        The folder's own flat code is used when this package is not installed (the detector folder is
+        part of a model folder the user already trusts); with the package installed, its registered
+        classes load it.
+        """
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        hub_kwargs = dict(hub_kwargs or {})
+        if subfolder:
+            hub_kwargs["subfolder"] = subfolder
+        # Prefer the installed classes; otherwise the folder's flat remote code.
+        hub_kwargs.setdefault("trust_remote_code", VINVL_MODEL_TYPE not in CONFIG_MAPPING)
+        where = f"{os.fspath(name_or_path)!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+        try:
+            config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
+            model = AutoModel.from_pretrained(name_or_path, config=config, **hub_kwargs)
+            image_processor = AutoImageProcessor.from_pretrained(name_or_path, **hub_kwargs)
+        except (OSError, ValueError) as error:
+            raise FileNotFoundError(
+                f"Could not load the VinVL detector from {where}: {error}. Expected a folder written by "
+                "`python -m oscar_hf.convert_vinvl_detector vinvl_vg_x152c4.pth OUT --labelmap "
+                "VG-SGG-dicts-vgoi6-clipped.json` (config.json, model.safetensors, preprocessor_config.json and "
+                "the flat code files)."
+            ) from error
+        return cls(model, image_processor, **kwargs)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the pooled region features (2048 for the released detector)."""
+        return int(self.model.roi_heads.box.predictor.cls_score.in_features)
+
+    @torch.no_grad()
+    def detect(self, images: Sequence[Any], boxes: Sequence[Any] | None = None) -> Any:
+        """The detector's full output (`VinVLDetectorOutput`) for `images` (PIL images, arrays or paths).
+
+        `boxes`: per image (n_i, 4) boxes in original pixels to describe instead of detecting.
+        """
+        inputs = self.image_processor(list(images))
+        pixel_values = [tensor.to(self.device) for tensor in inputs["pixel_values"]]
+        if boxes is not None:
+            boxes = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4).to(self.device) for b in boxes]
+        enabled = self.autocast_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
+            return self.model(
+                pixel_values,
+                image_sizes=inputs["image_sizes"],
+                original_sizes=inputs["original_sizes"],
+                boxes=boxes,
+            )
+
+    def __call__(self, images: Sequence[Any], boxes: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        images = list(images)
+        if not images:
+            return []
+        output = self.detect(images, boxes)
+        records = []
+        for index in range(len(images)):
+            regions = output.oscar_regions(index)
+            records.append(
+                {
+                    "boxes": regions["boxes"].float().cpu(),
+                    "scores": regions["scores"].float().cpu(),
+                    "label_ids": regions["label_ids"].cpu(),
+                    "tags": regions["tags"],
+                    "features": regions["features"].float().cpu(),
+                    "image_size": regions["image_size"],
+                    "attributes": output.attribute_names[index],
+                    "attribute_scores": output.attribute_scores[index].float().cpu(),
+                }
+            )
+        return records
+
+
+def vinvl_detector(name_or_path: str, **kwargs: Any) -> VinVLDetectorAdapter:
+    """Factory for `package.module:factory` detector specs: a converted VinVL detector folder."""
+    return VinVLDetectorAdapter.from_pretrained(name_or_path, **kwargs)
+
+
+def detector_model_type(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> str | None:
+    """`model_type` in a detector folder's (or Hub repository's) `config.json`, None when it has none."""
+    path = os.path.join(os.fspath(name_or_path), hub_kwargs.get("subfolder", ""), "config.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle).get("model_type")
+    from transformers import PretrainedConfig
+
+    config, _ = PretrainedConfig.get_config_dict(name_or_path, **hub_kwargs)
+    return config.get("model_type")
+
+
+def detector_from_pretrained(
+    name_or_path: str | os.PathLike, subfolder: str = "", **kwargs: Any
+) -> VinVLDetectorAdapter | TransformersDetector:
+    """The adapter a detector folder needs: `VinVLDetectorAdapter` for a converted VinVL detector,
+    `TransformersDetector` for any `AutoModelForObjectDetection` checkpoint.
+
+    `kwargs` go to the adapter; the box-selection ones (`score_threshold`, `min_boxes`, `max_boxes`,
+    `nms_threshold`) are given to a VinVL detector only when they are set (its NMS is its config's).
+    """
+    hub = {"subfolder": subfolder} if subfolder else {}
+    try:
+        model_type = detector_model_type(name_or_path, **hub)
+    except (OSError, ValueError) as error:
+        where = f"{os.fspath(name_or_path)!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+        raise FileNotFoundError(
+            f"No detector config.json at {where} ({error}); expected a converted VinVL detector folder or an "
+            "AutoModelForObjectDetection checkpoint."
+        ) from error
+    if model_type == VINVL_MODEL_TYPE:
+        kwargs.pop("nms_threshold", None)
+        kwargs = {k: v for k, v in kwargs.items() if k not in SELECTION_KWARGS or v is not None}
+        return VinVLDetectorAdapter.from_pretrained(name_or_path, subfolder=subfolder, **kwargs)
+    return TransformersDetector.from_pretrained(name_or_path, subfolder=subfolder, **kwargs)
+
+
+def load_detector(
+    reference: str | os.PathLike | None, model_folder: str | os.PathLike | None = None, **kwargs: Any
+) -> VinVLDetectorAdapter | TransformersDetector:
+    """Loads the detector a processor config names (`detector_name_or_path`), wherever it lives.
+
+    Looked up in this order: `reference` inside the model folder (relative references; an exported
+    folder keeps its detector in `detector/`), `reference` as a local folder, `reference` as a
+    subfolder of the model's Hub repository, `reference` as a Hub repository of its own. With
+    `reference=None`, the model folder's `detector/` subfolder when it has one (the converters'
+    `--detector DIR` puts it there). `kwargs` go to `detector_from_pretrained`.
+    """
+    folder = os.fspath(model_folder) if model_folder else None
+    if reference is None:
+        if folder and os.path.isfile(os.path.join(folder, "detector", "config.json")):
+            return detector_from_pretrained(os.path.join(folder, "detector"), **kwargs)
+        raise ValueError(
+            "Got an image but there is no object detector: the processor config sets no detector_name_or_path"
+            + (f" and the model folder {folder!r} has no detector/ subfolder" if folder else "")
+            + ". Convert the VinVL detector (python -m oscar_hf.convert_vinvl_detector) and pass it to the model "
+            "converter with --detector DIR, pass detector=... (a folder or a callable), or pass precomputed "
+            "regions {'features', 'boxes', 'image_size', 'tags'}."
+        )
+    reference = os.fspath(reference)
+    relative = not os.path.isabs(reference)
+    if relative and folder and os.path.isdir(folder) and os.path.isdir(os.path.join(folder, reference)):
+        return detector_from_pretrained(os.path.join(folder, reference), **kwargs)
+    if os.path.isdir(reference):
+        return detector_from_pretrained(reference, **kwargs)
+    if relative and folder and not os.path.isdir(folder):
+        try:  # the model is a Hub repository that carries its detector in a subfolder
+            return detector_from_pretrained(folder, subfolder=reference, **kwargs)
+        except FileNotFoundError:
+            pass
+    try:  # a Hub repository of its own
+        return detector_from_pretrained(reference, **kwargs)
+    except FileNotFoundError as error:
+        looked = f" nor inside the model folder {folder!r}" if folder else ""
+        raise FileNotFoundError(
+            f"The detector {reference!r} (detector_name_or_path) is not a local folder{looked}, and loading it "
+            f"from the Hub failed ({error}). Put the detector checkpoint there (an exported folder keeps it in "
+            "detector/), download it first when offline, or pass detector=..."
+        ) from error
 
 
 def transformers_detector(name_or_path: str, **kwargs: Any) -> TransformersDetector:

@@ -11,7 +11,10 @@ D is the region-feature width, `boxes` (N, 4 pixel `x1, y1, x2, y2`) and `image_
 (height, width), plus optional `tags`. Images go through an object detector that the processor
 config names (`detector_name_or_path`, loaded lazily on the first image; a relative path is
 resolved against the model folder) or that `pipeline(..., detector=...)` gives; precomputed
-regions need no detector.
+regions need no detector. A folder that carries a converted VinVL detector in `detector/` (the
+converters' `--detector DIR`) runs it by default: the detector whose 2048-d features and tags the
+released Oscar+ / VinVL checkpoints read, so `pipeline(model=folder, trust_remote_code=True)("photo.jpg")`
+needs nothing else.
 
 An image on which the detector keeps no box runs on the text alone (no tags, no regions) with a
 warning; set `detector_min_boxes` >= 1 in the processor config (the default, 10) to always keep
@@ -35,7 +38,7 @@ import torch
 from PIL import Image
 from transformers.pipelines.base import ChunkPipeline, Pipeline
 
-from .detection_oscar import TransformersDetector, load_rgb_image
+from .detection_oscar import load_detector, load_rgb_image
 
 
 def _is_regions(value: Any) -> bool:
@@ -90,38 +93,14 @@ class _OscarPipelineMixin:
         return self._detector
 
     def _load_detector(self) -> Any:
+        # The processor's own detector first (passed in, or loaded from the model folder's detector/);
+        # then the reference in the processor config, resolved against the model folder.
+        if self._detector_spec is None and getattr(self.processor, "has_detector", False):
+            return self.processor.detector
         reference = self._detector_spec
         if reference is None:
             reference = getattr(self.processor, "detector_name_or_path", None)
-        if reference is None:
-            raise ValueError(
-                "This pipeline got an image but has no object detector: the processor config sets no "
-                "detector_name_or_path. Pass pipeline(..., detector='path/to/detector') (an "
-                "AutoModelForObjectDetection folder or a callable), set detector_name_or_path in "
-                "processor_config.json, or pass precomputed regions {'features', 'boxes', 'image_size', 'tags'}."
-            )
-        reference = os.fspath(reference)
-        folder = self._model_folder()
-        kwargs = self._detector_kwargs()
-        relative = not os.path.isabs(reference)
-        if relative and folder and os.path.isdir(folder) and os.path.isdir(os.path.join(folder, reference)):
-            return TransformersDetector.from_pretrained(os.path.join(folder, reference), **kwargs)
-        if os.path.isdir(reference):
-            return TransformersDetector.from_pretrained(reference, **kwargs)
-        if relative and folder and not os.path.isdir(folder):
-            try:  # the model is a Hub repository that carries its detector in a subfolder
-                return TransformersDetector.from_pretrained(folder, subfolder=reference, **kwargs)
-            except FileNotFoundError:
-                pass
-        try:  # a Hub repository of its own
-            return TransformersDetector.from_pretrained(reference, **kwargs)
-        except FileNotFoundError as error:
-            looked = f" nor inside the model folder {folder!r}" if folder else ""
-            raise FileNotFoundError(
-                f"The detector {reference!r} (detector_name_or_path) is not a local folder{looked}, and loading it "
-                f"from the Hub failed ({error}). Put the detector checkpoint there (an exported folder keeps it in "
-                "detector/), download it first when offline, or pass pipeline(..., detector=...)."
-            ) from error
+        return load_detector(reference, model_folder=self._model_folder(), **self._detector_kwargs())
 
     # -- inputs --------------------------------------------------------------------------------------
 

@@ -11,23 +11,33 @@ The layouts are those of the original tensorizers (microsoft/Oscar):
 - caption generation: the `[CLS]` prompt plus `tag_input_ids` for `OscarForImageCaptioning.generate`,
   or the original's full decode layout (`[CLS] [MASK]... [SEP] tags [SEP]`, 3-D mask, `masked_pos`).
 
+Raw images: every layout also takes `images=` (paths, URLs, PIL images, arrays); the processor's
+detector turns them into regions first. The detector is passed in (`detector=`) or loaded on first
+use from the processor config's `detector_name_or_path`, or from the `detector/` subfolder of the
+folder the processor was loaded from (a converted VinVL detector there gives the exact 2054-d region
+vectors and tags of the released features).
+
 Masking (MLM, caption targets) and contrastive pollution are applied by the data collators in
 `oscar_hf.processors.collators`, which call this processor.
 
 This file is a flat remote-code file: it imports installed libraries and, relatively, only
-`image_processing_oscar.py`.
+`image_processing_oscar.py` and `detection_oscar.py`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
+from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .detection_oscar import load_detector, load_rgb_image
 from .image_processing_oscar import OscarRegionFeatureProcessor
 
 
@@ -98,6 +108,13 @@ def seq2seq_attention_mask(
     return (caption_rows | (context[:, :, None] & context[:, None, :])).long()
 
 
+def _image_list(images: Any) -> list:
+    """One image (path, URL, PIL image, array) or a list of them -> a list."""
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)) or torch.is_tensor(images):
+        return [images]
+    return list(images)
+
+
 def _batch_size(text: Any) -> int | None:
     if text is None:
         return None
@@ -120,13 +137,19 @@ class OscarProcessor(ProcessorMixin):
         detector_name_or_path: the object detector the pipelines run on raw images (an
             `AutoModelForObjectDetection` folder or Hub repository). A relative path is resolved
             against the model folder, so an exported folder can carry its detector in `detector/`.
-            Only a reference: the processor never loads it (the pipelines do, lazily).
+            Loaded on the first `images=` call (the pipelines load their own copy on their device).
+            When None, the `detector/` subfolder of the folder the processor was loaded from is used
+            if it exists.
         detector_score_threshold, detector_min_boxes, detector_max_boxes, detector_nms_threshold:
-            the detector's box selection (VinVL: 0.2, 10, 100, no NMS), see `select_detections`.
+            the detector's box selection (VinVL: 0.2, 10, 100, no NMS), see `select_detections`. A
+            VinVL detector takes the first three as its config's values and keeps its own NMS.
+        detector: a detector callable (`detector(list_of_pil_images) -> list of region records`)
+            used for `images=` instead of loading one. Not saved with the processor.
 
-    Region inputs (every method): `regions=` a list of detector outputs (mappings with `features`,
-    `boxes`, `image_size` and optionally `tags`), or `region_features=` with `boxes=` and
-    `image_sizes=` (see `OscarRegionFeatureProcessor`), or nothing for text alone.
+    Region inputs (every method): `images=` raw images run through the detector, `regions=` a list
+    of detector outputs (mappings with `features`, `boxes`, `image_size` and optionally `tags`), or
+    `region_features=` with `boxes=` and `image_sizes=` (see `OscarRegionFeatureProcessor`), or
+    nothing for text alone.
 
     Example:
         >>> from transformers import BertTokenizerFast
@@ -157,8 +180,14 @@ class OscarProcessor(ProcessorMixin):
         detector_min_boxes: int = 10,
         detector_max_boxes: int = 100,
         detector_nms_threshold: float | None = None,
+        detector: Any = None,
         **kwargs: Any,
     ) -> None:
+        if detector is not None and not callable(detector):
+            raise ValueError(
+                f"detector is a {type(detector).__name__}; expected a callable detector(images) -> region records "
+                "(e.g. VinVLDetectorAdapter.from_pretrained(folder)). Folders go to detector_name_or_path."
+            )
         if image_processor is None:
             image_processor = OscarRegionFeatureProcessor()
         if tokenizer is None:
@@ -193,6 +222,75 @@ class OscarProcessor(ProcessorMixin):
         self.detector_max_boxes = int(detector_max_boxes)
         self.detector_nms_threshold = None if detector_nms_threshold is None else float(detector_nms_threshold)
         super().__init__(image_processor, tokenizer, **kwargs)
+        # Underscored: a detector is never serialised with the processor config.
+        self._detector = detector
+        self._source_folder: str | None = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """As `ProcessorMixin.from_pretrained`; also remembers the folder, where the detector is looked up."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        processor = loaded[0] if isinstance(loaded, tuple) else loaded
+        processor._source_folder = os.fspath(pretrained_model_name_or_path)
+        return loaded
+
+    def to_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # Keep the detector (a model) out of the deep copy the base class makes of every attribute.
+        detector = self.__dict__.pop("_detector", None)
+        try:
+            return super().to_dict(*args, **kwargs)
+        finally:
+            self._detector = detector
+
+    # -- detector ----------------------------------------------------------------------------------
+
+    @property
+    def has_detector(self) -> bool:
+        """Whether a detector is in memory (passed in or already loaded)."""
+        return getattr(self, "_detector", None) is not None
+
+    @property
+    def detector(self) -> Any:
+        """The detector `images=` runs (loaded on first use, see the class doc)."""
+        if getattr(self, "_detector", None) is None:
+            self._detector = load_detector(
+                self.detector_name_or_path,
+                model_folder=getattr(self, "_source_folder", None),
+                score_threshold=self.detector_score_threshold,
+                min_boxes=self.detector_min_boxes,
+                max_boxes=self.detector_max_boxes,
+                nms_threshold=self.detector_nms_threshold,
+            )
+        return self._detector
+
+    @detector.setter
+    def detector(self, detector: Any) -> None:
+        if detector is not None and not callable(detector):
+            raise ValueError(f"detector is a {type(detector).__name__}; expected a callable detector(images).")
+        self._detector = detector
+
+    def detect(self, images: Any) -> list[dict[str, Any]]:
+        """Raw images (one or a list of paths, URLs, PIL images, arrays) -> one region record each.
+
+        Images become 8-bit RGB first (`load_rgb_image`: EXIF rotation, grayscale replicated, alpha
+        composited on white, 16-bit scaled), then run through `detector`.
+        """
+        batch = _image_list(images)
+        if not batch:
+            raise ValueError("images is empty; pass one image (a path, PIL image or array) or a list of them.")
+        records = self.detector([load_rgb_image(image) for image in batch])
+        if not isinstance(records, Sequence) or len(records) != len(batch):
+            count = len(records) if isinstance(records, Sequence) else type(records).__name__
+            raise ValueError(f"The detector returned {count} records for {len(batch)} images; expected one each.")
+        return list(records)
+
+    def _detected(self, images: Any, regions: Any, region_features: Any) -> Any:
+        """`regions` from `images` when images are given (and no other region input is)."""
+        if images is None:
+            return regions
+        if regions is not None or region_features is not None:
+            raise ValueError("Pass images (raw, run through the detector) or regions / region_features, not both.")
+        return self.detect(images)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -327,6 +425,7 @@ class OscarProcessor(ProcessorMixin):
         truncation: bool = True,
         allow_empty_text: bool = False,
         return_tensors: str = "pt",
+        images: Any = None,
         **region_kwargs: Any,
     ) -> BatchFeature:
         """`[CLS] text [SEP] tags [SEP]` inputs of classification, VQA, GQA, retrieval and pre-training.
@@ -344,7 +443,9 @@ class OscarProcessor(ProcessorMixin):
                 False, a pair that does not fit raises a ValueError.
             allow_empty_text: accept an empty text (the layout becomes `[CLS] [SEP] tags [SEP]`).
             return_tensors: only "pt" is supported.
+            images: raw images (one per text), run through the detector into `regions`.
         """
+        regions = self._detected(images, regions, region_features)
         if text is None:
             raise ValueError("text is required for this layout; use caption_prompt() for caption generation.")
         if return_tensors != "pt":
@@ -401,13 +502,14 @@ class OscarProcessor(ProcessorMixin):
         boxes: Sequence[Sequence[Any]] | None = None,
         image_sizes: Sequence[Sequence[Any]] | None = None,
         labels: Any = None,
+        images: Sequence[Sequence[Any]] | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """NLVR2 pairs: each sentence is encoded with each of its two images.
 
-        `tags`, `regions`, `region_features`, `boxes` and `image_sizes` hold one (left, right) pair
-        per sentence. Returns (batch, 2, Lt) text tensors and (batch, 2, R, D) `img_feats`; other
-        arguments as in `__call__`.
+        `tags`, `regions`, `region_features`, `boxes`, `image_sizes` and `images` (raw, run through
+        the detector) hold one (left, right) pair per sentence. Returns (batch, 2, Lt) text tensors
+        and (batch, 2, R, D) `img_feats`; other arguments as in `__call__`.
         """
         texts = self._texts(text, "text", kwargs.get("allow_empty_text", False))
         batch = len(texts)
@@ -420,6 +522,11 @@ class OscarProcessor(ProcessorMixin):
             return [item for pair in pairs for item in pair]
 
         flat_tags = flat(tags, "tags")
+        if images is not None:
+            if regions is not None or region_features is not None:
+                raise ValueError("Pass images or regions / region_features, not both.")
+            records = self.detect(flat(images, "images"))
+            regions = [records[i : i + 2] for i in range(0, len(records), 2)]
         out = self(
             [t for t in texts for _ in range(2)],
             tags=[join_tags(t) for t in flat_tags] if flat_tags is not None else None,
@@ -495,6 +602,7 @@ class OscarProcessor(ProcessorMixin):
         image_sizes: Any = None,
         max_caption_length: int | None = None,
         max_tag_length: int | None = None,
+        images: Any = None,
         **region_kwargs: Any,
     ) -> BatchFeature:
         """Captioning training layout (before target masking, which `OscarCaptioningCollator` does).
@@ -504,6 +612,7 @@ class OscarProcessor(ProcessorMixin):
         `tags [SEP]` (cut to the tag budget), then padding. `token_type_ids` 0 caption / 1 tags.
         `attention_mask` (batch, Lt + R, Lt + R) is the seq2seq mask. `img_feats` as usual.
         """
+        regions = self._detected(images, regions, region_features)
         captions = self._texts(text, "text", allow_empty=False)
         batch = len(captions)
         tag_strings = self._tags_list(tags, batch, regions)
@@ -523,6 +632,7 @@ class OscarProcessor(ProcessorMixin):
         batch_size: int | None = None,
         max_tag_length: int | None = None,
         padding: str | None = None,
+        images: Any = None,
         **region_kwargs: Any,
     ) -> BatchFeature:
         """Inputs of `OscarForImageCaptioning.generate`: `[CLS]` prompt, tags and regions.
@@ -532,7 +642,9 @@ class OscarProcessor(ProcessorMixin):
         `tag_attention_mask`, and `img_feats` / `img_attention_mask` when regions are given. The model
         places the tags at positions from `config.max_caption_length` with token type 1. An example
         without tags gets an empty tag row (all mask 0), as the original omits the tag segment.
+        `images=` (raw images) runs the detector for the regions and tags.
         """
+        regions = self._detected(images, regions, region_features)
         batch = self._prompt_batch(tags, regions, region_features, batch_size)
         tag_strings = self._tags_list(tags, batch, regions)
         budget = int(max_tag_length or self.max_tag_length)
