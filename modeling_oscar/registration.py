@@ -194,9 +194,30 @@ def register_pipelines() -> None:
         )
 
 
+def _save_vinvl_detector(detector: Any, out: Path, safe_serialization: bool) -> None:
+    """Saves a `VinVLDetectorAdapter` into `out/detector` with its flat code, as the VinVL converter writes it."""
+    model, image_processor = detector.model, detector.image_processor
+    # The folder must load where this package is absent: auto_map + the three flat VinVL files.
+    model.config.register_for_auto_class()
+    model.register_for_auto_class("AutoModel")
+    image_processor.register_for_auto_class("AutoImageProcessor")
+    model.save_pretrained(out / "detector", safe_serialization=safe_serialization)
+    image_processor.save_pretrained(out / "detector")
+
+
 def _save_detector(detector: Any, out: Path, processor: Any, safe_serialization: bool) -> None:
     """Puts `detector` where the pipeline finds it: saved into `out/detector`, or referenced by path."""
-    if hasattr(detector, "model") and hasattr(detector, "image_processor"):
+    model_type = getattr(getattr(getattr(detector, "model", None), "config", None), "model_type", None)
+    if model_type == "vinvl_detector":
+        _save_vinvl_detector(detector, out, safe_serialization)
+        config = detector.model.config
+        # The processor's selection settings are handed back to the detector at load time: keep them its own.
+        processor.detector_name_or_path = "detector"
+        processor.detector_score_threshold = float(config.score_threshold)
+        processor.detector_min_boxes = int(config.min_detections_per_image)
+        processor.detector_max_boxes = int(config.max_detections_per_image)
+        processor.detector_nms_threshold = None
+    elif hasattr(detector, "model") and hasattr(detector, "image_processor"):
         detector.model.save_pretrained(out / "detector", safe_serialization=safe_serialization)
         detector.image_processor.save_pretrained(out / "detector")
         processor.detector_name_or_path = "detector"
@@ -208,7 +229,8 @@ def _save_detector(detector: Any, out: Path, processor: Any, safe_serialization:
         processor.detector_name_or_path = os.fspath(detector)
     else:
         raise ValueError(
-            f"detector={type(detector).__name__}; pass a TransformersDetector (saved into the folder) or the path / "
+            f"detector={type(detector).__name__}; pass a VinVLDetectorAdapter or TransformersDetector (saved into "
+            "the folder) or the path / "
             "Hub id of an AutoModelForObjectDetection checkpoint. Other callables are given to pipeline(..., "
             "detector=...) at load time."
         )
@@ -237,9 +259,11 @@ def export_folder(
     Args:
         task: a `TASKS` key; inferred from the model class when None.
         processor: an `OscarProcessor`, saved into the folder.
-        detector: what the pipeline runs on raw images: a `TransformersDetector` (saved into the
-            folder's `detector/` subfolder) or the path / Hub id of a detector folder (relative paths
-            are resolved against the model folder). None keeps the processor's reference.
+        detector: what the pipeline runs on raw images: a `VinVLDetectorAdapter` or a
+            `TransformersDetector` (saved into the folder's `detector/` subfolder, with the VinVL
+            detector's flat code), or the path / Hub id of a detector folder (relative paths are
+            resolved against the model folder). None keeps the processor's reference; a folder whose
+            `detector/` subfolder holds a detector runs it by default.
         card: a `huggingface_hub.ModelCard`, written as the folder's README.md.
         accelerator: an `accelerate.Accelerator` when called from a (distributed) training run: the
             full state dict is gathered first (DeepSpeed ZeRO-3, FSDP) and only the main process writes.
