@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from support import REPO_ROOT
 from support.data import make_image, write_regions
-from support.recipes import TINY_MODEL, tokenizer_folder
+from support.recipes import TINY_MODEL, tiny_overrides, tokenizer_folder, write_caption_data
 
 from oscar_hf import OscarConfig, OscarForImageCaptioning
 from oscar_hf.data import TsvRegionSource, build_dataset
@@ -198,3 +198,31 @@ def test_cbs_benchmark_runs_in_quick_mode(tmp_path, capsys):
         report["fsm_memory"]["sparse_bytes_per_image"] < report["fsm_memory"]["original_dense_bytes_per_image"] / 1000
     )
     assert json.loads((tmp_path / "cbs.json").read_text())["sizes"]["images"] == 2
+
+
+@pytest.mark.slow
+def test_training_evaluates_on_nocaps_with_cbs(nocaps, tmp_path, monkeypatch):
+    """COCO-style training rows, NoCaps evaluation rows: the validation loop decodes with CBS."""
+    train = write_caption_data(tmp_path / "coco")
+    src = nocaps["src"]
+    calls = []
+    search = caption.constrained_beam_search
+
+    def counting(model, **kwargs):
+        calls.append(len(kwargs["fsm"]))
+        return search(model, **kwargs)
+
+    monkeypatch.setattr(caption, "constrained_beam_search", counting)
+    _, result = caption.main(
+        [
+            "--train_data", str(train), "--eval_data", str(nocaps["data"]), "--eval_split", "val",
+            "--tokenizer_name_or_path", str(nocaps["tokenizer"]), "--config_overrides", tiny_overrides(),
+            "--output_dir", str(tmp_path / "run"), "--max_train_steps", "1", "--per_device_train_batch_size", "2",
+            "--per_device_eval_batch_size", "2", "--max_img_seq_length", "4", "--num_beams", "2", "--max_gen_length", "8",
+            "--metric_backend", "python", "--report_to", "none", "--use_cbs", "--min_constraints_to_satisfy", "1",
+            "--cbs_hierarchy", str(src / "class_hierarchy.json"), "--cbs_constraint_tokens", str(src / "constraint2tokens.tsv"),
+            "--cbs_token_forms", str(src / "tokenforms.tsv"),
+        ]
+    )  # fmt: skip
+    assert {"eval/CIDEr", "eval/Bleu_4"} <= set(result.history[-1])
+    assert sum(calls) == 4  # every NoCaps image went through constrained beam search
