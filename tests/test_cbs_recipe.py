@@ -226,3 +226,20 @@ def test_training_evaluates_on_nocaps_with_cbs(nocaps, tmp_path, monkeypatch):
     )  # fmt: skip
     assert {"eval/CIDEr", "eval/Bleu_4"} <= set(result.history[-1])
     assert sum(calls) == 4  # every NoCaps image went through constrained beam search
+
+
+@pytest.mark.slow
+def test_caption_predict_on_a_coco_split(nocaps, tmp_path):
+    """--predict without NoCaps columns: COCO-style [{"image_id", "caption"}] and the COCO metrics."""
+    data = write_caption_data(tmp_path / "coco")
+    path, metrics = caption.main(
+        [
+            "--predict", "--model_name_or_path", str(nocaps["model"]), "--tokenizer_name_or_path", str(nocaps["tokenizer"]),
+            "--eval_data", str(data), "--eval_split", "val", "--output_dir", str(tmp_path / "out"),
+            "--metric_backend", "python", "--num_beams", "2", "--max_gen_length", "8", "--max_img_seq_length", "4",
+            "--report_to", "none",
+        ]
+    )  # fmt: skip
+    entries = json.loads(path.read_text())
+    assert path.name == "val_predictions.json" and sorted(e["image_id"] for e in entries) == ["204", "205"]
+    assert all(isinstance(e["caption"], str) for e in entries) and "CIDEr" in metrics
