@@ -117,10 +117,19 @@ def main(argv: list[str] | None = None) -> dict:
     fsms = make_fsms(images, device)
     beams = args.num_beams
 
-    def cbs():
-        return constrained_beam_search(
-            model, fsm=fsms, min_constraints_to_satisfy=2, num_beams=beams, max_length=max_length, **inputs
-        )
+    def cbs(use_cache: bool = False):
+        def run():
+            return constrained_beam_search(
+                model,
+                fsm=fsms,
+                min_constraints_to_satisfy=2,
+                num_beams=beams,
+                max_length=max_length,
+                use_cache=use_cache,
+                **inputs,
+            )
+
+        return run
 
     def plain(use_cache: bool):
         def run():
@@ -130,11 +139,16 @@ def main(argv: list[str] | None = None) -> dict:
 
         return run
 
-    variants = {"cbs (recompute)": cbs, "beam (recompute)": plain(False), "beam (kv cache)": plain(True)}
+    variants = {
+        "cbs (recompute)": cbs(False),
+        "cbs (kv cache)": cbs(True),
+        "beam (recompute)": plain(False),
+        "beam (kv cache)": plain(True),
+    }
     with torch.no_grad():
         times = interleaved(variants, reps=reps, warmup=1, device=device)
         peaks = {name: peak_mb(fn, device) for name, fn in variants.items()}
-        found = cbs().valid_beam_found.float().mean().item()
+        found = cbs()().valid_beam_found.float().mean().item()
 
     tokens = images * (max_length - 1)
     base = "beam (recompute)"

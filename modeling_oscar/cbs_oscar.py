@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache
 from transformers.utils import ModelOutput
 
 from .modeling_oscar import seq2seq_attention_mask
@@ -330,6 +331,60 @@ def _build_context(
     )
 
 
+class _RecomputeSteps:
+    """Every step re-encodes each live row's whole caption (the original's decoding)."""
+
+    def __init__(self, model, context: _Context, row_image: torch.LongTensor):
+        self.model, self.context, self.row_image = model, context, row_image
+
+    def first(self, start: torch.LongTensor) -> torch.Tensor:
+        return _step_log_probs(self.model, start, torch.arange(start.shape[0], device=start.device), self.context)
+
+    def next(self, captions: torch.LongTensor, live: torch.BoolTensor) -> torch.Tensor | None:
+        if not live.any():
+            return None
+        return _step_log_probs(self.model, captions[live], self.row_image[live], self.context)
+
+    def reorder(self, source: torch.LongTensor) -> None:
+        pass
+
+
+class _CachedSteps:
+    """The captioning model's key/value cache: tags, regions and `[CLS]` encoded once per image, then
+    each step encodes only `[w_t, [MASK]]` for every row; the cache follows the back-pointers."""
+
+    def __init__(self, model, context: _Context, row_image: torch.LongTensor):
+        self.model, self.row_image = model, row_image
+        self.cache = DynamicCache()
+        self.context = {
+            "img_feats": context.img_feats,
+            "img_attention_mask": context.img_mask,
+            "tag_input_ids": context.tag_ids,
+            "tag_attention_mask": context.tag_mask,
+            "tag_position_ids": context.tag_positions,
+        }
+
+    def _log_probs(self, captions: torch.LongTensor, context: dict) -> torch.Tensor:
+        step = self.model.prepare_inputs_for_generation(
+            captions, attention_mask=torch.ones_like(captions), use_cache=True, cache=self.cache, **context
+        )
+        logits = self.model(**step, return_dict=True).logits[:, -1]
+        return F.log_softmax(logits.float(), dim=-1)
+
+    def first(self, start: torch.LongTensor) -> torch.Tensor:
+        log_probs = self._log_probs(start, self.context)
+        self.cache.reorder_cache(self.row_image)  # one copy of each image's cache per (state, beam) row
+        self.context = {name: value[self.row_image] for name, value in self.context.items()}
+        return log_probs
+
+    def next(self, captions: torch.LongTensor, live: torch.BoolTensor) -> torch.Tensor:
+        # Every row advances so the cache stays aligned; only the live rows' log-probs are used.
+        return self._log_probs(captions, self.context)[live]
+
+    def reorder(self, source: torch.LongTensor) -> None:
+        self.cache.reorder_cache(source)
+
+
 # ----------------------------------------------------------------------------------------------
 # Candidate tokens per (row, target state)
 # ----------------------------------------------------------------------------------------------
@@ -436,6 +491,7 @@ def constrained_beam_search(
     tag_position_ids: torch.LongTensor | None = None,
     bos_token_id: int | None = None,
     eos_token_id: int | None = None,
+    use_cache: bool = False,
 ) -> ConstrainedBeamSearchOutput:
     """Captions `img_feats` with the original Oscar/NoCaps constrained beam search.
 
@@ -452,6 +508,9 @@ def constrained_beam_search(
         input_ids: (batch, 1) the start token; defaults to `[CLS]` (`bos_token_id`).
         img_attention_mask, tag_input_ids, tag_attention_mask, tag_position_ids: as for
             `OscarForImageCaptioning.generate`.
+        use_cache: decode with the model's key/value cache (every row advances each step, about
+            as many rows as the recomputation but two query tokens each) instead of re-encoding the
+            caption (the original's way, the default); the same beams up to float rounding.
 
     Returns:
         `ConstrainedBeamSearchOutput`; `sequences` are (batch, max_length) ids without `[CLS]`.
@@ -486,7 +545,9 @@ def constrained_beam_search(
     batch_fsm = _batch_fsms(fsms, device)
     context = _build_context(model, img_feats, img_attention_mask, tag_input_ids, tag_attention_mask, tag_position_ids)
 
-    state_sequences, state_scores = _search(model, input_ids, context, batch_fsm, num_beams, max_length, eos)
+    state_sequences, state_scores = _search(
+        model, input_ids, context, batch_fsm, num_beams, max_length, eos, use_cache=use_cache
+    )
     sequences, scores, selected = _select_best_beam(
         state_sequences, state_scores, batch_fsm.num_constraints, min_constraints_to_satisfy, eos
     )
@@ -509,6 +570,7 @@ def _search(
     num_beams: int,
     max_length: int,
     eos: int,
+    use_cache: bool = False,
 ) -> tuple[torch.LongTensor, torch.Tensor]:
     """Beams of every state: (B, S, W, max_length) ids without the start token and (B, S, W) scores."""
     batch, num_states = fsm.other_transitions.shape[:2]
@@ -516,18 +578,19 @@ def _search(
     device = start.device
     vocab_size = model.config.vocab_size
     candidates = _Candidates(fsm, vocab_size, beams, eos)
+    rows = batch * num_states * beams
+    row_image = torch.arange(batch, device=device).repeat_interleave(num_states * beams)  # (R,)
+    row_state = torch.arange(num_states, device=device).repeat_interleave(beams).repeat(batch)  # (R,)
+    steps = (_CachedSteps if use_cache else _RecomputeSteps)(model, context, row_image)
 
     # Step 1: each image's own log-probs (the original used image 0's for all), masked by the
     # transitions out of state 0 (disallowed: -inf); each state takes its top `beams` tokens.
     images = torch.arange(batch, device=device)
-    log_probs = _step_log_probs(model, start, images, context)  # (B, vocab)
+    log_probs = steps.first(start)  # (B, vocab)
     every = torch.ones(batch, dtype=torch.bool, device=device)
     summaries = candidates.row_summaries(log_probs, every, ~every)
     scores, tokens = candidates.select(*summaries, images, torch.zeros_like(images), fill=float("-inf"))
     # scores, tokens: (B, S, W); rows are ordered (image, state, beam).
-    rows = batch * num_states * beams
-    row_image = torch.arange(batch, device=device).repeat_interleave(num_states * beams)  # (R,)
-    row_state = torch.arange(num_states, device=device).repeat_interleave(beams).repeat(batch)  # (R,)
     captions = torch.cat([start[row_image], tokens.reshape(rows, 1)], dim=1)  # (R, 2)
     scores = scores.reshape(rows)
 
@@ -535,9 +598,7 @@ def _search(
         last = captions[:, -1]
         finished = last == eos
         live = (scores > DEAD_SCORE) & ~finished
-        step_log_probs = None
-        if live.any():
-            step_log_probs = _step_log_probs(model, captions[live], row_image[live], context)
+        step_log_probs = steps.next(captions, live)
         summaries = candidates.row_summaries(step_log_probs, live, finished)
         values, tokens = candidates.select(*summaries, row_image, row_state, fill=MASKED_LOGPROB)  # (R, S, W)
         summed = values + scores[:, None, None]
@@ -550,7 +611,9 @@ def _search(
         best, flat = best[..., :beams], flat[..., :beams]  # (B, S_to, W)
         source = images[:, None, None] * (num_states * beams) + flat // beams  # row of (image, state, beam)
         next_tokens = tokens.gather(-1, flat)
-        captions = torch.cat([captions[source.reshape(rows)], next_tokens.reshape(rows, 1)], dim=1)
+        source = source.reshape(rows)
+        steps.reorder(source)
+        captions = torch.cat([captions[source], next_tokens.reshape(rows, 1)], dim=1)
         scores = best.reshape(rows)
 
     sequences = F.pad(captions[:, 1:], (0, 1), value=eos)  # [SEP] in the last slot, as the original

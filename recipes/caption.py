@@ -80,6 +80,9 @@ class CaptionArguments(FinetuneArguments):
     cbs_token_forms: str | None = field(default=None, metadata={"help": "token -> forms TSV (cbs_tokenforms)"})
     cbs_max_given_constraints: int = 3
     cbs_max_words_per_constraint: int = 4
+    cbs_use_cache: bool = field(
+        default=False, metadata={"help": "CBS with the key/value cache instead of re-encoding (same beams, faster)"}
+    )
     predict: bool = field(default=False, metadata={"help": "no training: caption --eval_split and write predictions"})
     nocaps_image_info: str | None = field(default=None, metadata={"help": "nocaps image info JSON (submission ids)"})
     nocaps_annotations: str | None = field(default=None, metadata={"help": "nocaps val captions JSON (local scores)"})
@@ -166,6 +169,7 @@ class ConstrainedDecoding:
             min_constraints_to_satisfy=self.args.min_constraints_to_satisfy,
             num_beams=self.args.num_beams,
             max_length=self.args.max_gen_length,
+            use_cache=self.args.cbs_use_cache,
         )
         return out.sequences
 

@@ -3,9 +3,9 @@
 Every case of the CBS fixture manifest (folder from `OSCAR_CBS_FIXTURES`, default the shipped copy)
 is converted from its original checkpoint and decoded with the fixture's own FSM and inputs. Each
 image decoded alone must equal the original's batch-of-1 result (`*_single_*`) token for token,
-scores to 1e-5. The original's batched first step used image 0's log-probs for every image; ours
-does not, so image 0 also matches the original's batched output and a batch equals its images one
-by one.
+scores to 1e-5, with the original's re-encoding of the caption and with the key/value cache. The
+original's batched first step used image 0's log-probs for every image; ours does not, so image 0
+also matches the original's batched output and a batch equals its images one by one.
 """
 
 from __future__ import annotations
@@ -100,21 +100,25 @@ def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 @functools.cache
-def decoded(name: str, m: int, b: int | None):
+def decoded(name: str, m: int, b: int | None, use_cache: bool = False):
     """Our result for case `name`, min constraints `m`, image `b` alone (None: the whole batch)."""
     model, inputs, _ = load_case(name)
     kwargs = decode_inputs(CASES[name], inputs)
     fsms = fixture_fsms(inputs)
     if b is not None:
         kwargs, fsms = image(kwargs, b), [fsms[b]]
-    return constrained_beam_search(model, fsm=fsms, min_constraints_to_satisfy=m, **kwargs)
+    return constrained_beam_search(model, fsm=fsms, min_constraints_to_satisfy=m, use_cache=use_cache, **kwargs)
 
 
+DECODING = pytest.mark.parametrize("use_cache", [False, True], ids=["recompute", "kv_cache"])
+
+
+@DECODING
 @pytest.mark.parametrize("name,m", SINGLE_RUNS)
-def test_each_image_alone_matches_original_batch_of_one(name, m):
+def test_each_image_alone_matches_original_batch_of_one(name, m, use_cache):
     _, inputs, expected = load_case(name)
     for b in range(inputs["img_feats"].shape[0]):
-        out = decoded(name, m, b)
+        out = decoded(name, m, b, use_cache)
         reference = expected[f"sequences_single_min{m}"][b]  # (1, max_length)
         assert torch.equal(out.sequences, reference), (b, out.sequences, reference)
         close(out.sequences_scores, expected[f"scores_single_min{m}"][b])
@@ -138,11 +142,12 @@ def test_first_image_matches_original_batch(name, m):
     assert present == expected[f"constraints_present_min{m}"][0, :given].tolist()
 
 
+@DECODING
 @pytest.mark.parametrize("name,m", RUNS)
-def test_batched_equals_one_by_one(name, m):
-    batched = decoded(name, m, None)
+def test_batched_equals_one_by_one(name, m, use_cache):
+    batched = decoded(name, m, None, use_cache)
     for b in range(batched.sequences.shape[0]):
-        alone = decoded(name, m, b)
+        alone = decoded(name, m, b, use_cache)
         assert torch.equal(batched.sequences[b], alone.sequences[0])
         close(batched.sequences_scores[b], alone.sequences_scores[0])
         assert int(batched.selected_state[b]) == int(alone.selected_state[0])

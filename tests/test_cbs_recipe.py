@@ -131,6 +131,10 @@ def test_caption_recipe_with_cbs_writes_submission_and_domain_scores(nocaps, tmp
         found = [w for w in words if re.search(CONSTRAINT_WORDS[w], by_id[image_id])]
         assert len(found) >= min(2, len(words)), (image_id, by_id[image_id], words)
 
+    # With the key/value cache: the same captions.
+    cached_path, _ = run_predict(nocaps, tmp_path / "cached", "--use_cbs", "--cbs_use_cache")
+    assert json.loads(cached_path.read_text()) == entries
+
     # Plain beam search on the same split: the same files, without the .cbs suffix.
     plain_path, plain_metrics = run_predict(nocaps, tmp_path / "plain")
     assert plain_path.name == "nocaps_val_predictions.json"
@@ -193,7 +197,7 @@ def test_cbs_benchmark_runs_in_quick_mode(tmp_path, capsys):
 
     report = cbs_decoding.main(["--quick", "--device", "cpu", "--reps", "1", "--json", str(tmp_path / "cbs.json")])
     assert report["quick"] and "QUICK sizes" in capsys.readouterr().out
-    assert set(report["variants"]) == {"cbs (recompute)", "beam (recompute)", "beam (kv cache)"}
+    assert set(report["variants"]) == {"cbs (recompute)", "cbs (kv cache)", "beam (recompute)", "beam (kv cache)"}
     assert (
         report["fsm_memory"]["sparse_bytes_per_image"] < report["fsm_memory"]["original_dense_bytes_per_image"] / 1000
     )
