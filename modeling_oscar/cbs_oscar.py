@@ -15,7 +15,9 @@ vocabulary (`other_transitions`). That is exactly the original's dense `(32, 32,
 (31 MB per image) in a few kilobytes; `ConstraintFSM.to_dense` rebuilds it.
 
 What the original does, kept because it defines its outputs:
-- one forward per step over every (image, state, beam) row with the full caption so far (no cache);
+- by default one forward per step over the (image, state, beam) rows with the full caption so far
+  (the original re-encoded; `use_cache=True` uses the model's key/value cache instead, the same beams
+  up to float rounding);
 - during the search beams are ranked by summed log-prob; a token a transition does not allow gets
   -1e20 (not -inf), and a finished beam (last token `[SEP]`) can only add `[SEP]` at log-prob 0;
 - a state no real beam can reach still holds "dead" beams scoring about -1e20;
