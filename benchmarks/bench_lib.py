@@ -211,6 +211,21 @@ def pretraining_step_flops(size: ModelSize, text_len: int, regions: int, scored:
     return 3.0 * (trunk_forward_flops(size, text_len, regions) + head)
 
 
+def caption_decoding_flops(size: ModelSize, batch: int, beams: int, tags: int, regions: int, steps: int) -> float:
+    """Useful FLOPs of cached caption decoding: tags, regions, `[CLS]` and `[MASK]` encoded once per
+    image, then two tokens (`[w_t, [MASK]]`) per beam per later step, the vocabulary projection at
+    `[MASK]` only. `steps` counts the decoded tokens after `[CLS]`."""
+    h, i, n = size.hidden, size.intermediate, size.layers
+    dense = 8 * h * h + 4 * h * i  # q, k, v, output and the two MLP products, per token and layer
+    head = 2.0 * h * (h + size.vocab)  # transform + vocabulary at one [MASK]
+    prefill_len = tags + regions + 2
+    flops = batch * (2.0 * regions * size.img_feature_dim * h + n * prefill_len * (dense + 4 * prefill_len * h) + head)
+    for step in range(1, steps):
+        keys = tags + regions + 1 + step + 1  # context, caption so far, [MASK]
+        flops += batch * beams * (n * 2 * (dense + 4 * keys * h) + head)
+    return flops
+
+
 def gemm_flops(n: int) -> float:
     """FLOPs of an n x n by n x n matrix product."""
     return 2.0 * n**3

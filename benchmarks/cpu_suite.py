@@ -21,6 +21,7 @@ from bench_lib import (
     TINY,
     ModelSize,
     PeakRSS,
+    caption_decoding_flops,
     caption_inputs,
     gemm_callable,
     gemm_flops,
@@ -287,7 +288,9 @@ def bench_decoding(plan: CpuPlan) -> dict[str, Any]:
     )
     identical = torch.equal(outputs["cache"], outputs["full"])
     caption_tokens = plan.decode_batch * (outputs["cache"].shape[1] - 1)  # tokens after [CLS], per image
+    rates = _decoding_rates(plan, model, inputs, common, outputs["cache"])
     return {
+        "rates": rates,
         "batch": plan.decode_batch,
         "num_beams": plan.decode_beams,
         "max_length": plan.decode_max_length,
@@ -301,6 +304,45 @@ def bench_decoding(plan: CpuPlan) -> dict[str, Any]:
         },
         "speedup_cache_vs_full": paired_ratio(times["full_recompute"], times["kv_cache"]),
     }
+
+
+def _decoding_rates(plan: CpuPlan, model, inputs: dict, common: dict, reference: torch.Tensor) -> dict[str, Any]:
+    """Cached decoding in fp32 and bf16 against the GEMM rate of the same dtype, interleaved in one
+    run; useful FLOPs as `caption_decoding_flops` counts them."""
+    import copy
+
+    models = {"fp32": model, "bf16": copy.deepcopy(model).to(torch.bfloat16)}
+    feats = inputs["img_feats"]
+    captions: dict[str, torch.Tensor] = {}
+
+    def decode(dtype: str) -> None:
+        captions[dtype] = models[dtype].generate(
+            **{**inputs, "img_feats": feats.to(models[dtype].dtype)}, use_cache=True, **common
+        )
+
+    decode("bf16")  # warm-up of the bf16 kernels
+    variants = {f"decode_{d}": (lambda d=d: decode(d)) for d in models}
+    gemms = {
+        f"gemm_{d}": gemm_callable(plan.gemm_n, dt) for d, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
+    times = interleaved({**variants, **gemms}, reps=plan.decode_reps, warmup=1)
+    steps = reference.shape[1] - 1
+    useful = caption_decoding_flops(
+        plan.size, plan.decode_batch, plan.decode_beams, plan.decode_tags, plan.decode_regions, steps
+    )
+    result: dict[str, Any] = {"useful_gflop_per_batch": useful / 1e9}
+    for d in models:
+        decode_rates = [useful / t / 1e9 for t in times[f"decode_{d}"]]
+        gemm_rates = [gemm_flops(plan.gemm_n) / t / 1e9 for t in times[f"gemm_{d}"]]
+        result[d] = {
+            "median_s": median(times[f"decode_{d}"]),
+            "tokens_per_s": plan.decode_batch * steps / median(times[f"decode_{d}"]),
+            "gflops": median(decode_rates),
+            "gemm_gflops": median(gemm_rates),
+            "fraction_of_gemm": median([r / g for r, g in zip(decode_rates, gemm_rates)]),
+        }
+    result["bf16_same_captions_as_fp32"] = bool(torch.equal(captions["bf16"], reference))
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,7 +366,7 @@ def _pretraining_setup(size: ModelSize, batch: int, text: int, regions: int):
     inputs = pretraining_inputs(batch, text, regions, size)
 
     def step(checkpointing: bool, sparse_prediction: bool = False) -> float:
-        if checkpointing != model.bert.encoder.gradient_checkpointing:
+        if checkpointing != model.bert.encoder.layer[0].gradient_checkpointing:
             set_checkpointing(model, checkpointing)
         optimizer.zero_grad(set_to_none=True)
         loss = model(**inputs, sparse_prediction=sparse_prediction).loss
