@@ -44,6 +44,7 @@ from oscar_hf.processors.cbs_constraints import ConstraintFilter, FSMBuilder
 from oscar_hf.training import (
     ResumableCollator,
     eval_dataloader,
+    eval_progress,
     export,
     load_model,
     load_split,
@@ -180,7 +181,7 @@ def caption_rows(
     """Row indices and decoded captions of every row of `loader`, gathered from all processes."""
     unwrapped = accelerator.unwrap_model(model)
     predictions, indices = [], []
-    for batch in loader:
+    for batch in eval_progress(accelerator, loader, desc="caption"):
         sequences = decode(unwrapped, batch) if decode is not None else generate(unwrapped, batch, args)
         predictions.append(accelerator.gather_for_metrics(sequences))
         indices.append(accelerator.gather_for_metrics(batch["row_index"]))
@@ -370,7 +371,15 @@ def main(argv: list[str] | None = None):
         original_decoding=args.original_decoding,
     )
     final = export(
-        accelerator, model, args, "captioning", processor=processor, results=final_metrics(result), dataset_id="coco"
+        accelerator,
+        model,
+        args,
+        "captioning",
+        processor=processor,
+        results=final_metrics(result),
+        dataset_id="coco",
+        dataset_split=args.eval_split,
+        train_result=result,
     )
     accelerator.end_training()
     return final, result

@@ -32,6 +32,7 @@ from oscar_hf.metrics.submissions import nlvr2_identifiers, write_nlvr2_predicti
 from oscar_hf.processors.collators import IndexedRows, OscarNLVR2Collator, model_inputs
 from oscar_hf.training import (
     eval_dataloader,
+    eval_progress,
     export,
     load_model,
     load_split,
@@ -88,7 +89,7 @@ def make_evaluate(accelerator, eval_loader):
     @torch.no_grad()
     def evaluate(model) -> dict[str, float]:
         rows, predictions, labels = [], [], []
-        for batch in eval_loader:
+        for batch in eval_progress(accelerator, eval_loader):
             predicted = model(**model_inputs({k: v for k, v in batch.items() if k != "labels"})).logits.argmax(-1)
             row, predicted, label = accelerator.gather_for_metrics((batch["row_index"], predicted, batch["labels"]))
             rows += row.tolist()
@@ -110,7 +111,7 @@ def predict(args: NLVR2Arguments, accelerator, model, processor):
     loader = accelerator.prepare(eval_dataloader(IndexedRows(rows), args, collator))
     model = model.to(accelerator.device).eval()  # each process scores its shard; no DDP wrapper needed
     indices, predictions = [], []
-    for batch in loader:
+    for batch in eval_progress(accelerator, loader, desc="predict"):
         predicted = model(**model_inputs({k: v for k, v in batch.items() if k != "labels"})).logits.argmax(-1)
         row, predicted = accelerator.gather_for_metrics((batch["row_index"], predicted))
         indices += row.tolist()
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None):
         processor=processor,
         results=results,
         dataset_name=f"NLVR2 {args.eval_split}",
+        dataset_split=args.eval_split,
+        train_result=result,
     )
     accelerator.end_training()
     return final, result

@@ -21,6 +21,7 @@ from oscar_hf.processors import OscarPretrainingCollator
 from oscar_hf.training import (
     ResumableCollator,
     eval_dataloader,
+    eval_progress,
     export,
     load_model,
     load_split,
@@ -87,7 +88,7 @@ def make_evaluate(accelerator, eval_loader, sparse_prediction: bool = False):
     @torch.no_grad()
     def evaluate(model) -> dict[str, float]:
         mlm, contrastive, correct = [], [], []
-        for batch in eval_loader:
+        for batch in eval_progress(accelerator, eval_loader):
             out = model(**batch, sparse_prediction=sparse_prediction)
             mlm.append(accelerator.gather_for_metrics(out.masked_lm_loss.detach()[None]))
             contrastive.append(accelerator.gather_for_metrics(out.contrastive_loss.detach()[None]))
@@ -128,7 +129,16 @@ def main(argv: list[str] | None = None):
         processor=processor,
         task="pretraining",
     )
-    final = export(accelerator, model, args, "pretraining", processor=processor, results=final_metrics(result))
+    final = export(
+        accelerator,
+        model,
+        args,
+        "pretraining",
+        processor=processor,
+        results=final_metrics(result),
+        dataset_split=args.eval_split,
+        train_result=result,
+    )
     accelerator.end_training()
     return final, result
 

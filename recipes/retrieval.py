@@ -51,6 +51,7 @@ from oscar_hf.processors.collators import (
 )
 from oscar_hf.training import (
     ResumableCollator,
+    eval_progress,
     export,
     load_model,
     load_split,
@@ -186,7 +187,7 @@ def make_evaluate(accelerator, eval_loader, text_to_image: np.ndarray, candidate
     @torch.no_grad()
     def evaluate(model) -> dict[str, float]:
         matrix = np.zeros((num_images, num_texts), dtype=np.float32)
-        for batch in eval_loader:
+        for batch in eval_progress(accelerator, eval_loader):
             scores = model(**model_inputs(batch)).scores
             pairs, scores = accelerator.gather_for_metrics((batch["pair_index"], scores))
             pairs = pairs.cpu().numpy()
@@ -234,6 +235,8 @@ def main(argv: list[str] | None = None):
         processor=processor,
         results=final_metrics(result),
         dataset_name=f"{args.eval_split} ({args.eval_mode}{'; 1k_*: mean of the five 1K folds' if pairs and pairs.folds is not None else ''})",
+        dataset_split=args.eval_split,
+        train_result=result,
     )
     accelerator.end_training()
     return final, result

@@ -45,6 +45,7 @@ from oscar_hf.metrics.submissions import gqa_question_ids, vqa_question_ids, wri
 from oscar_hf.processors.collators import IndexedRows, OscarClassificationCollator, model_inputs
 from oscar_hf.training import (
     eval_dataloader,
+    eval_progress,
     export,
     load_model,
     load_split,
@@ -156,7 +157,7 @@ def make_evaluate(args: VQAArguments, accelerator, eval_loader, answers: list[st
     @torch.no_grad()
     def evaluate(model) -> dict[str, float]:
         rows, predictions, hits = [], [], []
-        for batch in eval_loader:
+        for batch in eval_progress(accelerator, eval_loader):
             logits = model(**model_inputs({k: v for k, v in batch.items() if k != "labels"})).logits
             predicted = logits.argmax(-1)
             if args.task == "vqa":  # Oscar's VQA score: the target score of the predicted answer
@@ -191,7 +192,7 @@ def predict(args: VQAArguments, accelerator, model, processor, answers: list[str
     loader = accelerator.prepare(eval_dataloader(IndexedRows(rows), args, collator))
     model = model.to(accelerator.device).eval()  # each process scores its shard; no DDP wrapper needed
     indices, predictions = [], []
-    for batch in loader:
+    for batch in eval_progress(accelerator, loader, desc="predict"):
         predicted = model(**model_inputs({k: v for k, v in batch.items() if k != "labels"})).logits.argmax(-1)
         row, predicted = accelerator.gather_for_metrics((batch["row_index"], predicted))
         indices += row.tolist()
@@ -250,6 +251,8 @@ def main(argv: list[str] | None = None):
         processor=processor,
         results=results,
         dataset_name=f"{args.task} {args.eval_split}",
+        dataset_split=args.eval_split,
+        train_result=result,
     )
     accelerator.end_training()
     return final, result

@@ -11,15 +11,24 @@
 # The folder is installed as `oscar_hf.training`; imported under its folder name (e.g. from the repository root) it
 # would load a second, different copy of every class.
 if __name__ != "oscar_hf.training":
-    raise ImportError(f"{__name__} is the source folder of `oscar_hf.training`: `import oscar_hf.training` instead (pip install -e .).")
+    raise ImportError(
+        f"{__name__} is the source folder of `oscar_hf.training`: `import oscar_hf.training` instead (pip install -e .)."
+    )
+
+from oscar_hf.extras import require_extra
 
 
-from .loop import (
+# The recipes train with Accelerate and read YAML configs: both come with the `train` extra.
+require_extra("accelerate", extra="train", needed_by="`oscar_hf.training` (the training recipes)")
+require_extra("yaml", extra="train", needed_by="`oscar_hf.training` (the recipes' YAML configs)")
+
+from .loop import (  # noqa: E402
     LengthGroupedSampler,
     RecipeArguments,
     ResumableCollator,
     TrainResult,
     eval_dataloader,
+    eval_progress,
     export,
     latest_checkpoint,
     load_model,
@@ -28,6 +37,7 @@ from .loop import (
     make_accelerator,
     optimizer_groups,
     parse_recipe_args,
+    resolve_pretrained,
     save_resolved_args,
     train,
     train_dataloader,
@@ -40,6 +50,7 @@ __all__ = [
     "ResumableCollator",
     "TrainResult",
     "eval_dataloader",
+    "eval_progress",
     "export",
     "latest_checkpoint",
     "load_model",
@@ -48,6 +59,7 @@ __all__ = [
     "make_accelerator",
     "optimizer_groups",
     "parse_recipe_args",
+    "resolve_pretrained",
     "save_resolved_args",
     "train",
     "train_dataloader",

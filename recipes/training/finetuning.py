@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .loop import RecipeArguments, load_processor
+from .loop import RecipeArguments, load_processor, resolve_pretrained
 
 
 @dataclass
@@ -62,10 +62,13 @@ def build_processor(args: FinetuneArguments, **processor_kwargs: Any):
             "No tokenizer: pass --tokenizer_name_or_path (a folder with bert-base-uncased's vocab.txt) when "
             "--model_name_or_path is not given (random initialisation)."
         )
-    if not Path(source).is_dir():
-        raise ValueError(f"tokenizer folder {source!r} does not exist; pass a folder holding vocab.txt.")
+    # A missing checkpoint is reported as such (by the argument that named it), not as a missing tokenizer.
+    argument = "--tokenizer_name_or_path" if args.tokenizer_name_or_path else "--model_name_or_path"
     processor = load_processor(
-        source, max_img_seq_length=args.max_img_seq_length, max_seq_length=args.max_seq_length, **processor_kwargs
+        str(resolve_pretrained(source, argument)),
+        max_img_seq_length=args.max_img_seq_length,
+        max_seq_length=args.max_seq_length,
+        **processor_kwargs,
     )
     img_feature_dim = args.config_dict().get("img_feature_dim")
     if img_feature_dim is not None:
@@ -141,7 +144,7 @@ def final_metrics(result: Any) -> dict[str, float] | None:
     evals = [h for h in result.history if any(k.startswith("eval/") for k in h)]
     if not evals:
         return None
-    return {k.removeprefix("eval/"): float(v) for k, v in evals[-1].items() if k != "step"}
+    return {k.removeprefix("eval/"): float(v) for k, v in evals[-1].items() if k.startswith("eval/")}
 
 
 # -------------------------------------------------------------------------------- retrieval

@@ -1,8 +1,9 @@
 """Model cards and Hub publishing for exported Oscar folders.
 
 `build_model_card` fills the repository's `model_card.md` template (task, datasets, metrics as a
-`model-index`, usage, limitations, citation); `push_folder` creates the repository and uploads an
-exported folder through `huggingface_hub.HfApi`.
+`model-index`, usage, limitations, citation), with a description of the run from
+`describe_training`; `push_folder` creates the repository and uploads an exported folder through
+`huggingface_hub.HfApi`. Numbers on cards and in logs are rounded by `significant`.
 """
 
 from __future__ import annotations
@@ -66,10 +67,55 @@ def usage_snippet(
     )
 
 
+def significant(value: float, digits: int = 4) -> float:
+    """`value` rounded to `digits` significant digits (0.123456 -> 0.1235, 1234567.0 -> 1235000.0).
+
+    Example:
+        >>> significant(0.123456), significant(1.118033988512313e-16), significant(92.0)
+        (0.1235, 1.118e-16, 92.0)
+    """
+    return float(f"{float(value):.{digits}g}")
+
+
+def describe_training(
+    task: str,
+    *,
+    base_model: str | None = None,
+    dataset: str | None = None,
+    train_split: str = "train",
+    steps: int | None = None,
+    epochs: int | None = None,
+    total_batch_size: int | None = None,
+    eval_split: str | None = None,
+) -> str:
+    """The card's opening paragraph: which task, from which checkpoint, on which data, for how long.
+
+    Example:
+        >>> describe_training("vqa", base_model="org/oscar-base", dataset="vqa_v2", steps=1000, eval_split="val")
+        'This model was fine-tuned from `org/oscar-base` for **Visual Question Answering** on the train split of vqa_v2 for 1000 optimization steps. The results below were measured on the val split.'
+    """
+    entry = get_task(task)
+    verb = "pre-trained" if task == "pretraining" else "fine-tuned"
+    start = f"{verb} from `{base_model}`" if base_model else "trained from a random initialisation"
+    data = f" on the {train_split} split of {dataset}" if dataset else f" on a {train_split} split"
+    length = ""
+    if steps is not None:
+        details = [f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else None]
+        details.append(f"total batch size {total_batch_size}" if total_batch_size else None)
+        shown = ", ".join(d for d in details if d)
+        length = f" for {steps} optimization step{'s' if steps != 1 else ''}" + (f" ({shown})" if shown else "")
+    evaluated = (
+        f" The results below were measured on the {eval_split} split."
+        if eval_split
+        else " No evaluation was run for this export."
+    )
+    return f"This model was {start} for **{entry.display_name}**{data}{length}.{evaluated}"
+
+
 def _results_table(results: dict[str, float], dataset_name: str) -> str:
     if not results:
         return "No evaluation was run for this export."
-    rows = "\n".join(f"| {dataset_name} | {name} | {value:.4g} |" for name, value in results.items())
+    rows = "\n".join(f"| {dataset_name} | {name} | {significant(value):g} |" for name, value in results.items())
     return "| dataset | metric | value |\n| --- | --- | --- |\n" + rows
 
 
@@ -97,7 +143,8 @@ def build_model_card(
         repo_id: where the folder is (or will be) published, used in the usage snippet.
         task: a key of `oscar_hf.registration.TASKS` ("captioning", "vqa", "gqa", "retrieval", "nlvr2", ...).
         results: metric name -> value (e.g. {"CIDEr": 1.23}); written to the card and `model-index`.
-        dataset_id / dataset_name / dataset_split: what the results were measured on.
+        dataset_id / dataset_name / dataset_split: what the results were measured on (the split goes into the
+            `model-index`; recipes pass the split they evaluated).
         base_model: the checkpoint training started from.
         training: resolved training arguments worth showing (lr, batch, epochs ...).
 
@@ -122,7 +169,7 @@ def build_model_card(
             dataset_split=dataset_split,
             metric_type=name.lower().replace(" ", "_"),
             metric_name=name,
-            metric_value=float(value),
+            metric_value=significant(value),
         )
         for name, value in results.items()
     ]
@@ -207,4 +254,4 @@ def push_folder(
     return str(getattr(commit, "commit_url", commit))
 
 
-__all__ = ["build_model_card", "push_folder", "usage_snippet"]
+__all__ = ["build_model_card", "describe_training", "push_folder", "significant", "usage_snippet"]

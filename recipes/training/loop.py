@@ -9,13 +9,16 @@ otherwise be copied five times live here and are tested once:
   plain BERT folder (trunk from BERT, regions and heads new);
 - `train`: the loop (accumulation, clipping, AdamW without decay on bias/LayerNorm, linear warmup,
   `save_state` every N steps, exact resume including data order and collator randomness,
-  evaluation with best-checkpoint selection, progress bars and trackers);
+  evaluation with best-checkpoint selection, progress bars and trackers), logging like
+  transformers' `run_*_no_trainer.py` examples: a summary of the run, then `train_log.jsonl` with
+  a record every `logging_steps` and one per evaluation;
 - `export`: safetensors + config + processor + remote code + a filled model card, optionally pushed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -32,7 +35,10 @@ from transformers import HfArgumentParser, PreTrainedModel, get_linear_schedule_
 from oscar_hf.configuration_oscar import OscarConfig
 from oscar_hf.registration import export_folder
 
-from .hub import build_model_card, push_folder
+from .hub import build_model_card, describe_training, push_folder, significant
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -217,6 +223,60 @@ def eval_dataloader(dataset, args: RecipeArguments, collate_fn: Callable) -> tor
     )
 
 
+_CHECKPOINT_HINT = (
+    "pass a folder holding config.json (a folder exported by oscar-hf, an original Oscar / VinVL checkpoint "
+    "folder or a BERT folder), a Hub repository id, or `none` for a random initialisation. The released weights "
+    "are turned into such a folder with `oscar-hf convert` (README, 'Get the weights')."
+)
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def resolve_pretrained(name_or_path: str | os.PathLike, argument: str = "--model_name_or_path") -> Path:
+    """The local folder of a pre-trained checkpoint: `name_or_path` itself when it is a folder, else the Hub
+    snapshot of that repository id (from the local cache when offline, `HF_HUB_OFFLINE=1`).
+
+    A name that is neither is reported as a missing checkpoint, naming `argument` and the fix, before the
+    recipe writes anything (`make_accelerator` checks the run's checkpoints first).
+    """
+    name = str(name_or_path)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise FileNotFoundError(f"{argument}={name!r} is a file, not a checkpoint folder; {_CHECKPOINT_HINT}")
+    if not _looks_like_repo_id(name):
+        raise FileNotFoundError(
+            f"Pre-trained checkpoint not found: {argument}={name!r} is not a folder (nor a Hub repository id); "
+            f"{_CHECKPOINT_HINT}"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name))
+    except OSError as error:  # offline without a cached copy, unknown or gated repository, no connection
+        raise FileNotFoundError(
+            f"Pre-trained checkpoint not found: {argument}={name!r} is neither a folder nor a model the Hub or the "
+            f"local cache has ({type(error).__name__}); {_CHECKPOINT_HINT}"
+        ) from error
+
+
+def check_pretrained_arguments(args: RecipeArguments) -> None:
+    """Resolves the run's checkpoint and tokenizer arguments, so a missing one fails before any output exists."""
+    for argument in ("model_name_or_path", "tokenizer_name_or_path"):
+        value = getattr(args, argument, None)
+        if value is not None:
+            resolve_pretrained(value, f"--{argument}")
+
+
 def load_processor(name_or_path: str, max_img_seq_length: int | None = None, **processor_kwargs):
     """The `OscarProcessor` saved in `name_or_path`, or one built around the tokenizer found there
     (an original checkpoint's vocab.txt, a BERT folder). Keyword arguments override the lengths."""
@@ -224,7 +284,8 @@ def load_processor(name_or_path: str, max_img_seq_length: int | None = None, **p
 
     from oscar_hf.processors import OscarProcessor, OscarRegionFeatureProcessor
 
-    folder = Path(name_or_path)
+    folder = resolve_pretrained(name_or_path, "tokenizer_name_or_path")
+    name_or_path = str(folder)
     if (folder / "processor_config.json").is_file() or (folder / "preprocessor_config.json").is_file():
         processor = OscarProcessor.from_pretrained(name_or_path)
         for key, value in processor_kwargs.items():
@@ -261,7 +322,7 @@ def load_model(model_class: type[PreTrainedModel], name_or_path: str | None, **c
     """
     if name_or_path is None:
         return model_class(OscarConfig(**config_overrides))
-    folder = Path(name_or_path)
+    folder = resolve_pretrained(name_or_path)
     raw = _read_config(folder)
     if raw.get("model_type") == "oscar":
         return model_class.from_pretrained(folder, **config_overrides)
@@ -332,11 +393,54 @@ class ResumableCollator:
 # ------------------------------------------------------------------------------------------ loop
 
 
+def configure_logging(accelerator) -> None:
+    """Logging as in transformers' examples: this library's INFO lines (the run summary, evaluations) on the
+    main process, and the libraries' own chatter reduced to errors on the other processes."""
+    import datasets
+    import transformers
+
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        level=logging.WARNING,
+    )
+    logging.getLogger("oscar_hf.training").setLevel(logging.INFO)
+    if not accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+
+
+def _drop_tied_aliases(models: list[torch.nn.Module], weights: list[dict], output_dir: str) -> None:
+    """`save_state` pre-hook: keep one name per tied tensor (the caption head's decoder is the word embedding).
+
+    safetensors cannot store two names of one storage, so Accelerate drops the aliases itself and warns at
+    every save that the reload might miss them. They are not missed: the model re-ties them, and Accelerate
+    loads states with `safetensors.torch.load_model`, which accepts a missing alias of a loaded tensor. Dropping
+    them here, as `save_pretrained` does, keeps each state file the same without the warning.
+    """
+    for state_dict in weights:
+        seen: set[tuple] = set()
+        for name in list(state_dict):
+            tensor = state_dict[name]
+            if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+                continue
+            # The same memory seen as the same tensor; overlapping views are left to Accelerate (and its warning).
+            alias = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()))
+            if alias in seen:
+                del state_dict[name]
+            seen.add(alias)
+
+
 def make_accelerator(args: RecipeArguments, project_name: str):
-    """An `Accelerator` with a seedable sampler (same data order on resume), trackers and seeding."""
+    """An `Accelerator` with a seedable sampler (same data order on resume), trackers, seeding and logging.
+
+    The run's checkpoint and tokenizer are looked up first: a missing one stops the run before its output
+    folder is created.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
+    check_pretrained_arguments(args)
     log_with = None if args.report_to in ("none", "", None) else args.report_to
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
@@ -345,6 +449,8 @@ def make_accelerator(args: RecipeArguments, project_name: str):
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    configure_logging(accelerator)
+    accelerator.register_save_state_pre_hook(_drop_tied_aliases)
     set_seed(args.seed)
     if log_with is not None:
         config = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
@@ -360,7 +466,8 @@ class TrainResult:
     last_loss: float | None
     best_metrics: dict[str, float] | None
     best_dir: Path | None
-    history: list[dict]
+    history: list[dict]  # the records of train_log.jsonl (losses every logging_steps, evaluations)
+    epochs: int | None = None  # epochs the run spanned (the last one possibly partial)
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
@@ -412,6 +519,45 @@ def _save_state(accelerator, args: RecipeArguments, step: int) -> None:
     accelerator.wait_for_everyone()
 
 
+def eval_progress(accelerator, loader: Iterable, desc: str = "eval") -> Iterable:
+    """`loader` with a progress bar on the main process, for the recipes' evaluation loops."""
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False)
+
+
+def run_summary(args: RecipeArguments, accelerator, dataloader, max_steps: int, epochs: int) -> str:
+    """The start-of-run summary of transformers' `run_*_no_trainer.py` examples, for the prepared loader."""
+    try:
+        num_examples: int | str = len(dataloader.dataset)
+    except (AttributeError, TypeError):  # an iterable (streamed) dataset has no length
+        num_examples = "unknown (streamed)"
+    total_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    lines = [
+        "***** Running training *****",
+        f"  Num examples = {num_examples}",
+        f"  Num epochs = {epochs}",
+        f"  Instantaneous batch size per device = {args.per_device_train_batch_size}",
+        f"  Total train batch size (w. parallel, distributed & accumulation) = {total_batch}",
+        f"  Gradient accumulation steps = {args.gradient_accumulation_steps}",
+        f"  Total optimization steps = {max_steps}",
+        f"  Devices = {accelerator.device.type}, {accelerator.num_processes} process"
+        f"{'es' if accelerator.num_processes > 1 else ''} (distributed: {accelerator.distributed_type.value.lower()})",
+        f"  Mixed precision = {accelerator.mixed_precision}",
+    ]
+    return "\n".join(lines)
+
+
+def _log_main(accelerator, message: str) -> None:
+    """An INFO line of the run, written once (by the main process)."""
+    if accelerator.is_main_process:
+        logger.info(message)
+
+
+def _rounded(metrics: dict[str, float]) -> dict[str, float]:
+    return {name: significant(value) for name, value in metrics.items()}
+
+
 def train(
     args: RecipeArguments,
     accelerator,
@@ -425,10 +571,15 @@ def train(
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Runs the optimisation loop; returns the prepared model and what happened.
 
+    Logs a summary of the run, then writes `output_dir/train_log.jsonl`: every `logging_steps` optimizer
+    steps (and at the last) a record `{"step", "epoch", "loss", "learning_rate"}` with the mean loss since
+    the previous record, and after each evaluation `{"step", "epoch", "eval/<metric>": value}`. The values
+    there are exact; the log lines round metrics to 4 significant digits.
+
     Args:
         compute_loss: `(model, batch, global_step) -> loss` on one batch.
         evaluate: `(model) -> metrics`, run every `eval_steps` and at the end (all processes call it;
-            use `accelerator.gather_for_metrics` inside).
+            use `accelerator.gather_for_metrics` inside, and `eval_progress` for a progress bar).
         checkpoint_objects: extra stateful objects (`state_dict`/`load_state_dict`), e.g. a
             `ResumableCollator`, saved and restored with the checkpoints.
         processor / task: written into `best/` with the model, so it loads (and runs as a pipeline)
@@ -436,6 +587,8 @@ def train(
     """
     from tqdm.auto import tqdm
 
+    if args.logging_steps < 1:
+        raise ValueError(f"logging_steps={args.logging_steps}; expected a positive number of optimizer steps.")
     checkpoint_objects = list(checkpoint_objects)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -456,25 +609,37 @@ def train(
     for obj in checkpoint_objects:
         accelerator.register_for_checkpointing(obj)
 
+    _log_main(accelerator, run_summary(args, accelerator, train_dataloader, max_steps, epochs))
     step = _resume_step(accelerator, args)
+    if step:
+        _log_main(accelerator, f"  Continuing from optimization step {step}")
     batches_done = step * args.gradient_accumulation_steps
     start_epoch, skip_batches = divmod(batches_done, len(train_dataloader))
     progress = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     history: list[dict] = []
     best_metrics, best_dir, last_loss = None, None, None
+    window_losses: list[float] = []  # losses since the last log record
     log_file = Path(args.output_dir) / "train_log.jsonl"
+
+    def write_log(record: dict) -> None:
+        history.append(record)
+        if accelerator.is_main_process:
+            with log_file.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
 
     def run_eval() -> None:
         nonlocal best_metrics, best_dir
         if evaluate is None:
             return
+        _log_main(accelerator, f"***** Evaluating at step {step} *****")
         model.eval()
         metrics = evaluate(model)
         model.train()
-        record = {"step": step, **{f"eval/{k}": v for k, v in metrics.items()}}
-        history.append(record)
-        accelerator.log(record, step=step)
-        accelerator.print(f"step {step}: {metrics}")
+        write_log(
+            {"step": step, "epoch": round(step / steps_per_epoch, 4), **{f"eval/{k}": v for k, v in metrics.items()}}
+        )
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        _log_main(accelerator, f"step {step}: " + ", ".join(f"{k} = {v}" for k, v in _rounded(metrics).items()))
         key = args.metric_for_best
         if key is None or key not in metrics:
             return
@@ -513,14 +678,20 @@ def train(
             step += 1
             progress.update(1)
             last_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
-            record = {"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0]}
-            history.append(record)
-            if accelerator.is_main_process:
-                with log_file.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
+            window_losses.append(last_loss)
             if step % args.logging_steps == 0 or step == max_steps:
-                accelerator.log({"train/loss": last_loss, "train/lr": record["lr"]}, step=step)
-                progress.set_postfix(loss=f"{last_loss:.4f}")
+                record = {
+                    "step": step,
+                    "epoch": round(step / steps_per_epoch, 4),
+                    "loss": sum(window_losses) / len(window_losses),
+                    "learning_rate": scheduler.get_last_lr()[0],
+                }
+                window_losses.clear()
+                write_log(record)
+                accelerator.log(
+                    {"train/loss": record["loss"], "train/learning_rate": record["learning_rate"]}, step=step
+                )
+                progress.set_postfix(loss=f"{record['loss']:.4g}")
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
                 _save_state(accelerator, args, step)
             if args.eval_steps and step % args.eval_steps == 0 and step != max_steps:
@@ -531,7 +702,7 @@ def train(
             break
     progress.close()
     run_eval()
-    return model, TrainResult(step, last_loss, best_metrics, best_dir, history)
+    return model, TrainResult(step, last_loss, best_metrics, best_dir, history, epochs=epochs)
 
 
 # ---------------------------------------------------------------------------------------- export
@@ -546,19 +717,43 @@ def export(
     results: dict[str, float] | None = None,
     dataset_id: str | None = None,
     dataset_name: str | None = None,
+    dataset_split: str | None = None,
+    train_result: TrainResult | None = None,
 ) -> Path:
-    """Final export: model + processor + code + model card in `output_dir/final`; pushed if asked."""
+    """Final export: model + processor + code + model card in `output_dir/final`; pushed if asked.
+
+    Args:
+        results: the metrics of the exported weights, for the card and `all_results.json`.
+        dataset_id / dataset_name: the data, named on the card.
+        dataset_split: the split `results` were measured on, named in the card's `model-index`
+            (default: `args.eval_split`, the split the recipes evaluate).
+        train_result: what `train` returned; its step count goes into the card's description.
+    """
     out = Path(args.output_dir) / "final"
     card = None
     if accelerator.is_main_process:
         config = accelerator.unwrap_model(model).config
         repo_id = args.hub_model_id or f"local/{Path(args.output_dir).name}"
+        split = dataset_split or args.eval_split
+        total_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+        description = describe_training(
+            task,
+            base_model=args.model_name_or_path,
+            dataset=dataset_name or dataset_id,
+            train_split=args.train_split,
+            steps=train_result.global_step if train_result is not None else None,
+            epochs=train_result.epochs if train_result is not None else None,
+            total_batch_size=total_batch,
+            eval_split=split if results else None,
+        )
         card = build_model_card(
             repo_id,
             task,
             results=results,
             dataset_id=dataset_id,
             dataset_name=dataset_name,
+            dataset_split=split,
+            description=description,
             base_model=args.model_name_or_path,
             training={
                 "learning_rate": args.learning_rate,
@@ -590,7 +785,10 @@ __all__ = [
     "ResumableCollator",
     "RecipeArguments",
     "TrainResult",
+    "check_pretrained_arguments",
+    "configure_logging",
     "eval_dataloader",
+    "eval_progress",
     "export",
     "latest_checkpoint",
     "load_model",
@@ -599,6 +797,8 @@ __all__ = [
     "make_accelerator",
     "optimizer_groups",
     "parse_recipe_args",
+    "resolve_pretrained",
+    "run_summary",
     "save_resolved_args",
     "train",
     "train_dataloader",
