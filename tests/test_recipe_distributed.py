@@ -68,6 +68,7 @@ def run(vqa_data, out, per_device_batch: int, launcher: list[str]) -> list[dict]
         "--train_data", str(vqa_data / "data"), "--answer_vocab", str(vqa_data / "src" / "vocab.txt"),
         "--output_dir", str(out), "--max_train_steps", "4", "--learning_rate", "1e-3", "--seed", "7",
         "--per_device_train_batch_size", str(per_device_batch), "--max_img_seq_length", "4", "--report_to", "none",
+        "--logging_steps", "1",  # a loss record per step in train_log.jsonl
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     result = subprocess.run(

@@ -1,9 +1,20 @@
 """NLVR2 accuracy and consistency as an offline `evaluate` module."""
 
+from itertools import product
+
 import datasets
 import evaluate
 
 from oscar_hf.metrics import nlvr2_accuracy
+
+
+# Models predict 0/1 and the NLVR2 files spell labels "True"/"False": each column may come in either form
+# (evaluate picks the first declaration the inputs fit).
+_LABEL_FORMS = (datasets.Value("int64"), datasets.Value("string"))
+_FEATURES = [
+    datasets.Features({"predictions": predictions, "references": references})
+    for predictions, references in product(_LABEL_FORMS, _LABEL_FORMS)
+]
 
 
 _DESCRIPTION = """
@@ -14,8 +25,9 @@ the example identifiers 'split-set-pair-sentence', or given as groups).
 
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions (`list` of `int`): predicted label per example (1 = True, 0 = False).
-    references (`list` of `int`): gold label per example.
+    predictions (`list` of `int` or `str`): predicted label per example (1 = True, 0 = False, or "True"/"False").
+    references (`list` of `int` or `str`): gold label per example, as 0/1 or spelled as in the NLVR2 files
+        ("True"/"False").
     identifiers (`list` of `str`, optional): NLVR2 identifiers such as "dev-850-2-0", for consistency.
     groups (`list`, optional): sentence id per example, instead of identifiers.
 Returns:
@@ -44,11 +56,10 @@ class Nlvr2Accuracy(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+            features=_FEATURES,
             reference_urls=["https://lil.nlp.cornell.edu/nlvr/"],
         )
 
     def _compute(self, predictions, references, identifiers=None, groups=None):
+        # nlvr2_accuracy maps every spelling to 1/0 with `nlvr2_label` (and refuses anything else).
         return nlvr2_accuracy(predictions, references, identifiers=identifiers, groups=groups)
