@@ -14,6 +14,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from oscar_hf.extras import missing_extra_message, require_extra
+
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +59,7 @@ def load_metric(name: str, **kwargs: Any):
         >>> vqa.compute(predictions=["two"], references=[["2"] * 3 + ["3"] * 7])["accuracy"]
         0.9
     """
-    import evaluate
-
+    evaluate = require_extra("evaluate", extra="metrics", needed_by="`oscar_hf.metrics.load_metric`")
     # An absolute path never falls through to the Hub, so this works with HF_EVALUATE_OFFLINE=1.
     return evaluate.load(str(metric_path(name)), **kwargs)
 
@@ -142,7 +143,7 @@ def java_status() -> JavaStatus:
     root = _pycocoevalcap_dir()
     problem = None
     if root is None:
-        problem = "pycocoevalcap is not installed (`pip install pycocoevalcap`, or `pip install oscar-hf[metrics]`)"
+        problem = missing_extra_message("pycocoevalcap", "metrics", "The official COCO caption scorers").rstrip(".")
     elif java is None:
         problem = (
             "no `java` executable on PATH: the official PTB tokenizer, METEOR and SPICE are Java programs "

@@ -51,9 +51,11 @@ def _optional(module: str, extra: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as error:
+        # The wording of oscar_hf.extras, repeated: remote code cannot import the package.
         raise ImportError(
-            f"{module} is needed for {extra} but is not installed ({error}); `pip install {module.split('.')[0]}` "
-            "(installed together with a matching torch)."
+            f"{extra} needs `{module}`, which is not installed ({error}). Install the 'detect' extra: "
+            f'pip install "oscar-hf[detect]"  (or `pip install {module.split(".")[0]}` with a matching torch).',
+            name=module,
         ) from error
 
 

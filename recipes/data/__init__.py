@@ -10,10 +10,16 @@ if __name__ != "oscar_hf.data":
         f"{__name__} is the source folder of `oscar_hf.data`: `import oscar_hf.data` instead (pip install -e .)."
     )
 
+from oscar_hf.extras import require_extra
 
-from .annotations import read_captions, read_corpus_yaml, read_gqa, read_karpathy, read_nlvr2, read_vqa
-from .answers import load_vocabulary, normalize_answer, soft_score
-from .builders import (
+
+# The readers and builders write and read Parquet through `datasets`: both come with the `data` extra.
+require_extra("datasets", extra="data", needed_by="`oscar_hf.data` (dataset readers and builders)")
+require_extra("pyarrow", extra="data", needed_by="`oscar_hf.data` (dataset readers and builders)")
+
+from .annotations import read_captions, read_corpus_yaml, read_gqa, read_karpathy, read_nlvr2, read_vqa  # noqa: E402
+from .answers import load_vocabulary, normalize_answer, soft_score  # noqa: E402
+from .builders import (  # noqa: E402
     CaptionBuilder,
     GQABuilder,
     NLVR2Builder,
@@ -21,10 +27,10 @@ from .builders import (
     RetrievalBuilder,
     VQABuilder,
 )
-from .errors import BadRowError, RowErrorPolicy
-from .regions import ParquetRegionSource, PrecomputedRegions, RegionRecord, RegionSource, TsvRegionSource, box_geometry
-from .tsv import TsvFile, write_lineidx
-from .writer import BuildSummary, build_dataset
+from .errors import BadRowError, RowErrorPolicy  # noqa: E402
+from .regions import ParquetRegionSource, PrecomputedRegions, RegionRecord, RegionSource, TsvRegionSource, box_geometry  # noqa: E402
+from .tsv import TsvFile, write_lineidx  # noqa: E402
+from .writer import BuildSummary, build_dataset  # noqa: E402
 
 
 __all__ = [
