@@ -36,7 +36,11 @@ def _add_writer_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_detector_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=Path, help="raw image folder (runs --detector instead of reading features)")
-    parser.add_argument("--detector", help="detector factory 'package.module:callable' returning a batched detector")
+    parser.add_argument(
+        "--detector",
+        help="a detector folder (a converted VinVL detector or an AutoModelForObjectDetection checkpoint), a built-in "
+        "adapter name, or a factory 'package.module:callable' returning a batched detector",
+    )
     parser.add_argument("--detector-kwargs", default="{}", help="JSON keyword arguments for the detector factory")
     parser.add_argument("--batch-size", type=int, default=8, help="images per detector call")
     parser.add_argument("--image-id", choices=("stem", "coco"), default="stem", help="image id from the file name")
@@ -74,9 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_writer_options(build)
     _add_detector_options(build)
 
-    detect = commands.add_parser("detect", help="run a detector over an image folder into a regions dataset")
+    detect = commands.add_parser(
+        "detect",
+        help="run a detector over an image folder into a regions dataset (several processes under accelerate launch)",
+    )
     _add_writer_options(detect)
     _add_detector_options(detect)
+    detect.add_argument(
+        "--original-files",
+        action="store_true",
+        help="also write OUT/original/predictions.tsv (base64 features) and Oscar's features.tsv/labels.tsv + .lineidx",
+    )
 
     index = commands.add_parser("index", help="write the .lineidx of TSV files")
     index.add_argument("tsv", nargs="+", type=Path)
@@ -121,6 +133,33 @@ def _image_regions_builder(args: argparse.Namespace) -> ImageRegionsBuilder:
         feature_dim=args.feature_dim,
         image_id=args.image_id,
     )
+
+
+def _detect(args: argparse.Namespace) -> None:
+    """`detect`: the regions dataset; under `accelerate launch` the main process reports for all."""
+    from .detect import detect_regions, process_group
+
+    if args.images is None or args.detector is None:
+        raise ValueError("detect needs --images DIR and --detector (a detector folder or 'package.module:factory').")
+    summary = detect_regions(
+        args.images,
+        args.detector,
+        args.out,
+        detector_kwargs=json.loads(args.detector_kwargs),
+        feature_dim=args.feature_dim,
+        batch_size=args.batch_size,
+        image_id=args.image_id,
+        rows_per_shard=args.rows_per_shard,
+        num_proc=args.num_proc,
+        skip_bad_rows=args.skip_bad_rows,
+        overwrite=args.overwrite,
+        original_files=args.original_files,
+        progress=not args.no_progress,
+        node_rank=args.node_rank,
+        num_nodes=args.num_nodes,
+    )
+    if process_group().is_main:
+        _report(summary)
 
 
 def _region_source(args: argparse.Namespace) -> RegionSource:
@@ -199,9 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(push_folder(args.folder, args.repo_id, repo_type="dataset", private=args.private))
         elif args.command == "detect":
-            if args.images is None:
-                raise ValueError("detect needs --images DIR and --detector 'package.module:factory'.")
-            _report(build_dataset(_image_regions_builder(args), args.out, **_writer_kwargs(args)))
+            _detect(args)
         else:
             _report(build_dataset(make_builder(args), args.out, **_writer_kwargs(args)))
     except (BadRowError, ValueError, FileNotFoundError) as error:

@@ -11,12 +11,18 @@ Any detector adapter fits if it is a callable with this contract (:class:`Detect
 The output is a `regions` dataset (`image_id`, features, boxes, size, tags, `file_name`), built by
 the same sharded, resumable writer as the task datasets; every task builder then reads it through
 :class:`~oscar_hf.data.regions.ParquetRegionSource` (`--regions` on the command line).
+
+A detector folder given by path (a converted VinVL detector, or any `AutoModelForObjectDetection`
+checkpoint) is recognised from its `config.json`. With `original_dir` set, the builder also writes, per
+shard, the lines of the original files (`predictions.tsv` of scene_graph_benchmark with base64 float32
+features, Oscar's feature and label TSVs); `oscar_hf.data.detect` merges them into whole files.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +32,7 @@ from datasets import Features
 
 from . import schema
 from .errors import BadRowError, RowErrorPolicy
+from .original_format import encode_features, feature_row, label_row
 from .regions import BOX_DIMS, RegionRecord, box_geometry
 
 
@@ -44,17 +51,29 @@ BUILTIN_DETECTORS = {
     "transformers": "oscar_hf.processors.detection_oscar:transformers_detector",
     # {"backbone": timm name, ...}: RoIAlign features over boxes from a box source
     "roi-align": "oscar_hf.processors.detection_oscar:RoIAlignFeatureExtractor",
+    # {"name_or_path": folder} of a converted VinVL detector (python -m oscar_hf.convert_vinvl_detector)
+    "vinvl": "oscar_hf.processors.detection_oscar:vinvl_detector",
 }
+# The original files `original_dir` collects, one piece per shard (merged by `oscar_hf.data.detect`).
+ORIGINAL_FILES = ("predictions.tsv", "features.tsv", "labels.tsv")
 
 
 def load_detector(spec: str, kwargs: dict | None = None) -> Detector:
-    """A built-in adapter's name (`BUILTIN_DETECTORS`) or `package.module:factory` -> `factory(**kwargs)`."""
+    """A detector folder, a built-in adapter's name (`BUILTIN_DETECTORS`) or `package.module:factory`.
+
+    A folder (a converted VinVL detector or an `AutoModelForObjectDetection` checkpoint) is loaded with
+    `detector_from_pretrained(folder, **kwargs)`; the others call `factory(**kwargs)`.
+    """
+    if os.path.isdir(spec):
+        from oscar_hf.processors.detection_oscar import detector_from_pretrained
+
+        return detector_from_pretrained(spec, **(kwargs or {}))
     spec = BUILTIN_DETECTORS.get(spec, spec)
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ValueError(
-            f"--detector must be a built-in adapter ({', '.join(sorted(BUILTIN_DETECTORS))}) or look like "
-            f"'package.module:factory', got {spec!r}."
+            f"--detector must be a detector folder, a built-in adapter ({', '.join(sorted(BUILTIN_DETECTORS))}) "
+            f"or look like 'package.module:factory', got {spec!r} (not an existing folder either)."
         )
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
@@ -122,6 +141,38 @@ def record_from_detection(image_id: str, detection: dict, width: int, height: in
     return RegionRecord(image_id, features, boxes, width, height, tags, scores)
 
 
+def original_lines(record: RegionRecord, detection: dict) -> tuple[str, str, str]:
+    """One image's lines of `predictions.tsv`, Oscar's feature TSV and its label TSV, in float32.
+
+    `predictions.tsv` is scene_graph_benchmark's `test_sg_net.py` output: `key \\t {"objects": [{"rect",
+    "bbox_id", "class", "conf", "feature" (base64 float32 of the detector's own feature), "attributes",
+    "attr_scores"}], "relations": []}`, boxes in original pixels. The feature TSV holds
+    `[key, num_boxes, base64(float32[num_boxes x feature_dim])]` (features with the 6 box values), the
+    label TSV `{"image_h", "image_w", "objects": [{"class", "conf", "rect"}]}`.
+    """
+    raw = np.asarray(detection["features"], dtype=np.float32).reshape(len(record.boxes), -1)
+    attributes = detection.get("attributes")
+    attribute_scores = detection.get("attribute_scores")
+    objects = []
+    for index, (box, tag, score) in enumerate(zip(record.boxes, record.tags, record.tag_scores)):
+        item = {
+            "rect": [float(v) for v in box],
+            "bbox_id": index,
+            "class": tag,
+            "conf": float(score),
+            "feature": encode_features(raw[index]),
+        }
+        if attributes is not None:
+            item["attributes"] = list(attributes[index])
+            scores = np.asarray(attribute_scores[index], dtype=np.float32) if attribute_scores is not None else []
+            item["attr_scores"] = [float(v) for v in scores if v > 0][: len(item["attributes"])]
+        objects.append(item)
+    prediction = f"{record.image_id}\t{json.dumps({'objects': objects, 'relations': []})}"
+    size = (record.image_width, record.image_height)
+    labels = label_row(record.image_id, record.tags, record.boxes, record.tag_scores, image_size=size)
+    return prediction, feature_row(record.image_id, record.features), labels
+
+
 class ImageRegionsBuilder:
     """Writer-compatible builder of a `regions` dataset from image files and a detector."""
 
@@ -136,6 +187,8 @@ class ImageRegionsBuilder:
         batch_size: int = 8,
         feature_dim: int = 2054,
         image_id: str = "stem",
+        device: str | None = None,
+        original_dir: str | Path | None = None,
     ) -> None:
         if detector is None and detector_spec is None:
             raise ValueError("pass a detector callable or --detector 'package.module:factory'.")
@@ -144,6 +197,12 @@ class ImageRegionsBuilder:
         self._detector = detector
         self.detector_spec, self.detector_kwargs = detector_spec, detector_kwargs or {}
         self.batch_size, self.feature_dim, self.image_id_scheme = batch_size, feature_dim, image_id
+        # Where this process runs its detector (e.g. its GPU); not an input of the build, so not in describe().
+        self.device = device
+        # Set to collect the original files' lines, one piece per shard (see the module docstring).
+        self.original_dir = Path(original_dir) if original_dir is not None else None
+        self._positions: dict[Path, int] | None = None
+        self.images_detected = 0  # images this process ran the detector on (for images/s in the log)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -154,7 +213,10 @@ class ImageRegionsBuilder:
     @property
     def detector(self) -> Detector:
         if self._detector is None:
-            self._detector = load_detector(self.detector_spec, self.detector_kwargs)
+            kwargs = dict(self.detector_kwargs)
+            if self.device is not None:
+                kwargs["device"] = self.device
+            self._detector = load_detector(self.detector_spec, kwargs)
         return self._detector
 
     def features(self) -> Features:
@@ -169,16 +231,34 @@ class ImageRegionsBuilder:
             "detector_kwargs": json.dumps(self.detector_kwargs, sort_keys=True),
             "feature_dim": self.feature_dim,
             "image_id": self.image_id_scheme,
+            # A run resumed with the other setting would leave shards without their original-file lines.
+            "original_files": self.original_dir is not None,
         }
 
     def plan(self) -> dict[str, Sequence]:
         return {"train": self.paths}
 
     def rows(self, units: Sequence[Path], policy: RowErrorPolicy) -> Iterator[dict]:
+        original = {name: [] for name in ORIGINAL_FILES} if self.original_dir is not None else None
         for start in range(0, len(units), self.batch_size):
-            yield from self._batch_rows(units[start : start + self.batch_size], policy)
+            yield from self._batch_rows(units[start : start + self.batch_size], policy, original)
+        if original is not None and len(units):
+            self._write_original_piece(units[0], original)
 
-    def _batch_rows(self, paths: Sequence[Path], policy: RowErrorPolicy) -> Iterator[dict]:
+    def _write_original_piece(self, first: Path, lines: dict[str, list[str]]) -> None:
+        """The shard's original-file lines, named by its first image's position (so pieces sort in image order)."""
+        if self._positions is None:
+            self._positions = {path: index for index, path in enumerate(self.paths)}
+        self.original_dir.mkdir(parents=True, exist_ok=True)
+        for name, rows in lines.items():
+            piece = self.original_dir / f"{self._positions[first]:09d}.{name}"
+            tmp = piece.with_name(f".{piece.name}.tmp")
+            tmp.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+            os.replace(tmp, piece)  # a killed run leaves no half piece
+
+    def _batch_rows(
+        self, paths: Sequence[Path], policy: RowErrorPolicy, original: dict | None = None
+    ) -> Iterator[dict]:
         loaded = []
         for path in paths:
             try:
@@ -188,12 +268,16 @@ class ImageRegionsBuilder:
         if not loaded:
             return
         detections = self.detector([image for _, image in loaded])
+        self.images_detected += len(loaded)
         if len(detections) != len(loaded):
             raise ValueError(f"the detector returned {len(detections)} results for {len(loaded)} images.")
         for (path, image), detection in zip(loaded, detections):
             try:
                 image_id = image_id_for(path, self.root, self.image_id_scheme)
                 record = record_from_detection(image_id, detection, *image.size, self.feature_dim, str(path))
+                if original is not None:
+                    for name, line in zip(ORIGINAL_FILES, original_lines(record, detection)):
+                        original[name].append(line)
                 yield {**record.as_columns(), "file_name": path.relative_to(self.root).as_posix()}
             except BadRowError as error:
                 policy.handle(error)

@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,6 +341,8 @@ def build_dataset(
     node_rank: int = 0,
     num_nodes: int = 1,
     progress: bool = True,
+    barrier: Callable[[], None] | None = None,
+    before_finish: Callable[[Path], None] | None = None,
 ) -> BuildSummary:
     """Build every split of `builder` into Parquet shards under `out`, resuming finished shards.
 
@@ -348,6 +350,13 @@ def build_dataset(
     shard exists (see the module docstring). `node_rank`/`num_nodes` let several machines build
     disjoint shards of one corpus into a shared folder (shard `i` belongs to node `i % num_nodes`);
     the node that completes the last shard moves the build into place.
+
+    `barrier`: the processes of one job (e.g. `accelerate launch`, with
+    `PartialState().wait_for_everyone`), each calling with its own `node_rank`. Node 0 prepares the
+    work folder (applying `overwrite`) before the others start, and after every node's shards are
+    written it alone moves the build into place; its summary then counts every node's shards.
+    `before_finish(work_folder)`: called (on the node that finishes) when every shard is written,
+    before the build moves into place; files it writes there become part of the build.
     """
     if not 0 <= node_rank < num_nodes:
         raise ValueError(f"node_rank must be in [0, {num_nodes}), got {node_rank}.")
@@ -367,7 +376,10 @@ def build_dataset(
         logger.info("%s is already complete: nothing to build", out)
         return _summary_from_manifest(out, mine)
     work = partial_folder(out)
-    _prepare_partial(work, record, overwrite)
+    if barrier is None or node_rank == 0:
+        _prepare_partial(work, record, overwrite)
+    if barrier is not None:
+        barrier()  # the work folder exists (and `overwrite` has cleared it) before any node writes
     summary = BuildSummary(out=out)
     policy = RowErrorPolicy(skip_bad_rows=True)  # only aggregates the shards' counts
     pending = []
@@ -386,12 +398,34 @@ def build_dataset(
         logger.warning(
             "%s: skipped %d bad rows %s (see .build/summary-*.json)", out, policy.total, dict(policy.counts)
         )
+    if barrier is not None:
+        barrier()  # every node's shards are written
+        if node_rank != 0:
+            return summary
+        summary = _summary_of_nodes(work, out, num_nodes)
     if all(_is_done(work, shard) for shard in shards):
+        if before_finish is not None:
+            before_finish(work)
         write_dataset_card(work, builder, sorted({shard.split for shard in shards}))
         _finish(work, out, record, previous)
     else:
         logger.info("%s: this node's shards are done; the build moves into place when the others finish", work)
     return summary
+
+
+def _summary_of_nodes(work: Path, out: Path, num_nodes: int) -> BuildSummary:
+    """The summaries every node of a job wrote (`.build/summary-node{rank}.json`), added up."""
+    total = BuildSummary(out=out)
+    policy = RowErrorPolicy(skip_bad_rows=True)
+    for rank in range(num_nodes):
+        node = json.loads((work / ".build" / f"summary-node{rank}.json").read_text())
+        for split, rows in node["rows"].items():
+            total.rows[split] = total.rows.get(split, 0) + rows
+        policy.merge(node["bad_rows"], node["bad_examples"])
+        total.shards_written += node["shards_written"]
+        total.shards_resumed += node["shards_resumed"]
+    total.bad_rows, total.bad_examples = dict(policy.counts), policy.examples
+    return total
 
 
 def _record(summary: BuildSummary, policy: RowErrorPolicy, shard: Shard, state: dict) -> None:
