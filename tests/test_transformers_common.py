@@ -1,11 +1,9 @@
 """transformers' own `ModelTesterMixin` and `ConfigTester`, applied to every Oscar class.
 
-The mixins come from the transformers source distribution of the installed version, fetched by
-`pip download --no-binary :all: --no-deps transformers==<installed>` into `.cache/` (never copied
-into the repository). The sdist ships `tests/test_modeling_common.py` and
-`tests/test_configuration_common.py` but not the `generation/`, `exporters/` and `utils/` test
-modules they import; the set-up provides stand-ins for those (generation is covered by
-`test_generation.py`). Without the package index the module skips, saying so.
+The mixins come from the transformers source distribution of the installed version, fetched into
+`.cache/` (never copied into the repository) by `support.transformers_tests`, which also provides
+stand-ins for the `generation/`, `exporters/` and `utils/` test modules the sdist lacks (generation
+is covered by `test_generation.py`). Without the package index the module skips, saying so.
 
 Every skip below states why the test cannot apply to Oscar.
 """
@@ -13,98 +11,18 @@ Every skip below states why the test cannot apply to Oscar.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import subprocess
-import sys
-import tarfile
 import unittest
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
-import transformers
-from support import REPO_ROOT, tiny_config
+from support import tiny_config
+from support.transformers_tests import sdist_test_modules
 
 
 pytestmark = pytest.mark.slow
 
-VERSION = transformers.__version__
-CACHE = REPO_ROOT / ".cache" / "transformers-sdist"
-PACKAGE = "transformers_sdist_tests"  # import name of the extracted tests folder
-
-STAND_INS = {
-    "generation/__init__.py": "",
-    "generation/test_utils.py": (
-        '"""Stand-in: the sdist does not ship the generation tests."""\n\n\nclass GenerationTesterMixin:\n    pass\n'
-    ),
-    "exporters/__init__.py": "",
-    "exporters/test_export.py": (
-        '"""Stand-in: the sdist does not ship the export tests."""\n\n\nclass ExportTesterMixin:\n    pass\n'
-    ),
-    "utils/__init__.py": "",
-    # The common keyword arguments ConfigTester checks round-trip through every config.
-    "utils/test_configuration_utils.py": (
-        '"""Stand-in: the sdist does not ship tests/utils."""\n\n'
-        "config_common_kwargs = {\n"
-        '    "return_dict": False,\n'
-        '    "output_hidden_states": True,\n'
-        '    "output_attentions": True,\n'
-        '    "dtype": "float16",\n'
-        '    "chunk_size_feed_forward": 5,\n'
-        '    "architectures": ["BertModel"],\n'
-        '    "id2label": {0: "label"},\n'
-        '    "label2id": {"label": "0"},\n'
-        '    "problem_type": "regression",\n'
-        "}\n"
-    ),
-}
-MIXIN_FILES = ("test_modeling_common.py", "test_configuration_common.py")
-
-
-def _fetch_mixins() -> Path:
-    """Extracts the mixins of the installed transformers into the cache and returns its folder."""
-    root = CACHE / VERSION
-    package = root / PACKAGE
-    if all((package / name).is_file() for name in MIXIN_FILES):
-        return root
-    root.mkdir(parents=True, exist_ok=True)
-    sdist = root / f"transformers-{VERSION}.tar.gz"
-    if not sdist.is_file():
-        try:
-            result = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet"]
-                + [f"transformers=={VERSION}", "-d", str(root)],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            pytest.skip(
-                f"cannot fetch the transformers {VERSION} sdist for its test mixins: {error}", allow_module_level=True
-            )
-        if result.returncode != 0 or not sdist.is_file():
-            pytest.skip(
-                f"the package index cannot be reached for the transformers {VERSION} sdist (its test mixins): "
-                f"{result.stderr.strip()[-300:]}",
-                allow_module_level=True,
-            )
-    package.mkdir(exist_ok=True)
-    with tarfile.open(sdist) as archive:
-        for name in MIXIN_FILES:
-            member = archive.extractfile(f"transformers-{VERSION}/tests/{name}")
-            (package / name).write_bytes(member.read())
-    (package / "__init__.py").write_text("")
-    for name, text in STAND_INS.items():
-        (package / name).parent.mkdir(exist_ok=True)
-        (package / name).write_text(text)
-    return root
-
-
-pytest.importorskip("parameterized", reason="transformers' test mixins need `parameterized` (the test extra)")
-sys.path.insert(0, str(_fetch_mixins()))
-modeling_common = importlib.import_module(f"{PACKAGE}.test_modeling_common")
-configuration_common = importlib.import_module(f"{PACKAGE}.test_configuration_common")
+modeling_common, configuration_common = sdist_test_modules("test_modeling_common.py", "test_configuration_common.py")
 ModelTesterMixin = modeling_common.ModelTesterMixin
 ConfigTester = configuration_common.ConfigTester
 
