@@ -1,8 +1,12 @@
-"""Draw regions, tags and a caption or answer on an image (PIL only), for users and docs."""
+"""Draw regions, tags (with their attributes) and a caption or answer on an image (PIL only), for users and docs.
+
+`draw_regions` takes boxes and labels; `draw_detections` takes one detector record as the adapters
+return it (a VinVL record adds `attributes`, drawn before the class name: "white fluffy dog 0.91").
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
@@ -19,8 +23,11 @@ def draw_regions(
     text: str | None = None,
     max_boxes: int | None = 20,
     line_width: int = 2,
+    attributes: Sequence[Sequence[str]] | None = None,
 ) -> Image.Image:
     """A copy of `image` with boxes (x1, y1, x2, y2 pixels), their tags/scores and `text` underneath.
+
+    `attributes`: per box, attribute names drawn before its tag (VinVL's attribute head).
 
     Example:
         >>> from PIL import Image
@@ -32,13 +39,16 @@ def draw_regions(
     scores = scores.tolist() if hasattr(scores, "tolist") else scores
     if tags is not None and len(tags) != len(boxes):
         raise ValueError(f"Got {len(tags)} tags for {len(boxes)} boxes; pass one tag per box.")
+    if attributes is not None and len(attributes) != len(boxes):
+        raise ValueError(f"Got {len(attributes)} attribute lists for {len(boxes)} boxes; pass one list per box.")
     font = ImageFont.load_default()
     canvas = image.convert("RGB").copy()
     draw = ImageDraw.Draw(canvas)
     for i, box in enumerate(boxes[:max_boxes]):
         color = PALETTE[i % len(PALETTE)]
         draw.rectangle(box, outline=color, width=line_width)
-        label = " ".join(part for part in (tags[i] if tags else "", f"{scores[i]:.2f}" if scores else "") if part)
+        described = " ".join([*(attributes[i] if attributes else []), tags[i] if tags else ""])
+        label = " ".join(part for part in (described.strip(), f"{scores[i]:.2f}" if scores else "") if part)
         if label:
             left, top, right, bottom = draw.textbbox((box[0], box[1]), label, font=font)
             draw.rectangle((left, top, right + 2, bottom), fill=color)
@@ -53,4 +63,37 @@ def draw_regions(
     return framed
 
 
-__all__ = ["draw_regions"]
+def draw_detections(
+    image: Image.Image,
+    record: Mapping[str, Any],
+    text: str | None = None,
+    max_boxes: int | None = 20,
+    line_width: int = 2,
+) -> Image.Image:
+    """`draw_regions` for one detector record (`boxes`, `tags`, `scores` and, from VinVL, `attributes`).
+
+    Example:
+        >>> from PIL import Image
+        >>> record = {"boxes": [[4, 4, 30, 40]], "tags": ["dog"], "scores": [0.9], "attributes": [["brown"]]}
+        >>> draw_detections(Image.new("RGB", (64, 48)), record).size
+        (64, 48)
+    """
+    if not isinstance(record, Mapping) or record.get("boxes") is None:
+        found = sorted(record) if isinstance(record, Mapping) else type(record).__name__
+        raise ValueError(
+            f"record is {found}; expected a detector record with 'boxes' (and 'tags', 'scores', 'attributes'), "
+            "as detector(images)[i] returns it."
+        )
+    return draw_regions(
+        image,
+        record["boxes"],
+        record.get("tags"),
+        record.get("scores"),
+        text=text,
+        max_boxes=max_boxes,
+        line_width=line_width,
+        attributes=record.get("attributes"),
+    )
+
+
+__all__ = ["draw_detections", "draw_regions"]

@@ -149,3 +149,19 @@ def test_folder_without_a_named_detector_defaults_to_its_detector_subfolder(root
     assert [r["answer"] in answers for r in result] == [True, True]
     # The folder's own (remote-code) adapter class, so compared by name.
     assert type(answerer.detector).__name__ == "VinVLDetectorAdapter"
+
+
+def test_detections_are_drawn_with_their_attributes(root, photo):
+    from PIL import Image
+
+    from oscar_hf.processors.visualization import draw_detections
+
+    image = Image.open(photo).convert("RGB")
+    record = VinVLDetectorAdapter.from_pretrained(detector_folder(root))([image])[0]
+    assert len(record["attributes"]) == len(record["boxes"])
+    drawn = draw_detections(image, record, text="a caption", max_boxes=5)
+    assert drawn.width == image.width and drawn.height > image.height  # the text band below
+    without = draw_detections(image, {**record, "attributes": None}, text="a caption", max_boxes=5)
+    assert drawn.tobytes() != without.tobytes()  # the attribute names are part of the labels
+    with pytest.raises(ValueError, match="attribute lists"):
+        draw_detections(image, {**record, "attributes": record["attributes"][:1]})
