@@ -143,7 +143,7 @@ def java_status() -> JavaStatus:
     root = _pycocoevalcap_dir()
     problem = None
     if root is None:
-        problem = missing_extra_message("pycocoevalcap", "metrics", "The official COCO caption scorers").rstrip(".")
+        problem = missing_extra_message("pycocoevalcap", "metrics", "the official COCO caption scorers").rstrip(".")
     elif java is None:
         problem = (
             "no `java` executable on PATH: the official PTB tokenizer, METEOR and SPICE are Java programs "

@@ -22,7 +22,7 @@ def missing_extra_message(module: str, extra: str, needed_by: str, error: BaseEx
     """The one wording of a missing optional dependency: what needs it, what is missing, the command."""
     detail = f" ({error})" if error is not None else ""
     return (
-        f"{needed_by} needs `{module}`, which is not installed{detail}. Install the {extra!r} extra: "
+        f"`{module}` is not installed{detail}, and {needed_by} cannot work without it. Install the {extra!r} extra: "
         f'pip install "oscar-hf[{extra}]"  (from a checkout: pip install -e ".[{extra}]").'
     )
 

@@ -53,7 +53,7 @@ def _optional(module: str, extra: str) -> Any:
     except ImportError as error:
         # The wording of oscar_hf.extras, repeated: remote code cannot import the package.
         raise ImportError(
-            f"{extra} needs `{module}`, which is not installed ({error}). Install the 'detect' extra: "
+            f"`{module}` is not installed ({error}), and {extra} cannot work without it. Install the 'detect' extra: "
             f'pip install "oscar-hf[detect]"  (or `pip install {module.split(".")[0]}` with a matching torch).',
             name=module,
         ) from error

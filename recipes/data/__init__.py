@@ -14,8 +14,8 @@ from oscar_hf.extras import require_extra
 
 
 # The readers and builders write and read Parquet through `datasets`: both come with the `data` extra.
-require_extra("datasets", extra="data", needed_by="`oscar_hf.data` (dataset readers and builders)")
 require_extra("pyarrow", extra="data", needed_by="`oscar_hf.data` (dataset readers and builders)")
+require_extra("datasets", extra="data", needed_by="`oscar_hf.data` (dataset readers and builders)")
 
 from .annotations import read_captions, read_corpus_yaml, read_gqa, read_karpathy, read_nlvr2, read_vqa  # noqa: E402
 from .answers import load_vocabulary, normalize_answer, soft_score  # noqa: E402

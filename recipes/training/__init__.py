@@ -18,9 +18,8 @@ if __name__ != "oscar_hf.training":
 from oscar_hf.extras import require_extra
 
 
-# The recipes train with Accelerate and read YAML configs: both come with the `train` extra.
+# The recipes train with Accelerate, which comes with the `train` extra.
 require_extra("accelerate", extra="train", needed_by="`oscar_hf.training` (the training recipes)")
-require_extra("yaml", extra="train", needed_by="`oscar_hf.training` (the recipes' YAML configs)")
 
 from .loop import (  # noqa: E402
     LengthGroupedSampler,
