@@ -26,7 +26,7 @@ from support import fixture_folder
 pytest.importorskip("torchvision", reason="the VinVL detector needs torchvision (RoIAlign, NMS)")
 
 from oscar_hf.convert_vinvl_detector import convert  # noqa: E402
-from oscar_hf.data import TsvFile, box_geometry  # noqa: E402
+from oscar_hf.data import TsvFile, TsvRegionSource, box_geometry  # noqa: E402
 from oscar_hf.data.cli import main  # noqa: E402
 from oscar_hf.processors.detection_oscar import VinVLDetectorAdapter  # noqa: E402
 
@@ -114,8 +114,15 @@ def test_one_process_writes_the_detector_regions_and_the_original_files(world):
         first = np.frombuffer(base64.b64decode(objects[0]["feature"]), dtype=np.float32)
         np.testing.assert_array_equal(first, record["features"][0].numpy())
         assert objects[0]["attributes"] == record["attributes"][0]
+        assert (json.loads(cell)["image_h"], json.loads(cell)["image_w"]) == (height, width)
         labels = json.loads(labels_tsv.read(index)[1])
         assert (labels["image_h"], labels["image_w"]) == (height, width) and len(labels["objects"]) == int(count)
+    # The original-format files read back through the builders' TSV reader.
+    original = world["one"] / "original"
+    source = TsvRegionSource([original / "features.tsv"], labels=[original / "labels.tsv"], feature_dim=FEATURE_DIM)
+    again = source.get(built[-1]["image_id"])
+    np.testing.assert_array_equal(again.features.astype(np.float16), built[-1]["img_feats"])
+    assert again.tags == list(built[-1]["tags"])
 
 
 @pytest.mark.slow

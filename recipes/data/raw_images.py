@@ -146,7 +146,7 @@ def original_lines(record: RegionRecord, detection: dict) -> tuple[str, str, str
 
     `predictions.tsv` is scene_graph_benchmark's `test_sg_net.py` output: `key \\t {"objects": [{"rect",
     "bbox_id", "class", "conf", "feature" (base64 float32 of the detector's own feature), "attributes",
-    "attr_scores"}], "relations": []}`, boxes in original pixels. The feature TSV holds
+    "attr_scores"}], "relations": []}`, boxes in original pixels (plus `image_h`, `image_w`). The feature TSV holds
     `[key, num_boxes, base64(float32[num_boxes x feature_dim])]` (features with the 6 box values), the
     label TSV `{"image_h", "image_w", "objects": [{"class", "conf", "rect"}]}`.
     """
@@ -167,7 +167,9 @@ def original_lines(record: RegionRecord, detection: dict) -> tuple[str, str, str
             scores = np.asarray(attribute_scores[index], dtype=np.float32) if attribute_scores is not None else []
             item["attr_scores"] = [float(v) for v in scores if v > 0][: len(item["attributes"])]
         objects.append(item)
-    prediction = f"{record.image_id}\t{json.dumps({'objects': objects, 'relations': []})}"
+    # image_h / image_w are our addition (the original keeps sizes in a separate hw.tsv); readers ignore them.
+    cell = {"objects": objects, "relations": [], "image_h": record.image_height, "image_w": record.image_width}
+    prediction = f"{record.image_id}\t{json.dumps(cell)}"
     size = (record.image_width, record.image_height)
     labels = label_row(record.image_id, record.tags, record.boxes, record.tag_scores, image_size=size)
     return prediction, feature_row(record.image_id, record.features), labels
