@@ -19,7 +19,7 @@ from oscar_hf.configuration_oscar import OscarConfig
 
 from .collators import OscarCaptioningCollator, OscarPretrainingCollator
 from .image_processing_oscar import BOX_FEATURE_DIM, OscarRegionFeatureProcessor, box_geometry
-from .processing_oscar import OscarProcessor, join_tags, seq2seq_attention_mask, truncate_pair
+from .processing_oscar import OscarProcessor, join_tags, truncate_pair
 
 
 # save_pretrained then writes `auto_map` and copies the two flat files, so a saved processor loads
@@ -47,6 +47,5 @@ __all__ = [
     "OscarRegionFeatureProcessor",
     "box_geometry",
     "join_tags",
-    "seq2seq_attention_mask",
     "truncate_pair",
 ]

@@ -252,7 +252,7 @@ class OscarCaptioningCollator:
         max_masked_tokens: cap on targets per caption (3).
         generator: seeded `torch.Generator`.
 
-    Returns `input_ids`, `token_type_ids`, 3-D `attention_mask`, `img_feats` and `labels`
+    Returns `input_ids`, `token_type_ids`, `attention_mask`, `img_feats`, `img_attention_mask` and `labels`
     (batch, Lt): -100 everywhere except masked caption positions, which hold the original id.
 
     Example:

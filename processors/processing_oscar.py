@@ -7,9 +7,8 @@ The layouts are those of the original tensorizers (microsoft/Oscar):
   tags truncated together by popping from the longer one (ties pop the tags);
 - NLVR2: the same per (sentence, image) pair, stacked into a choice dimension;
 - captioning training: a caption slot of `max_caption_length` tokens (`[CLS] caption [SEP] [PAD]...`),
-  then `tags [SEP]`, then padding; the 3-D seq2seq attention mask over text + regions;
-- caption generation: the `[CLS]` prompt plus `tag_input_ids` for `OscarForImageCaptioning.generate`,
-  or the original's full decode layout (`[CLS] [MASK]... [SEP] tags [SEP]`, 3-D mask, `masked_pos`).
+  then `tags [SEP]`, then padding, with 2-D padding masks from which the model builds the seq2seq mask;
+- caption generation: the `[CLS]` prompt plus `tag_input_ids` for `OscarForImageCaptioning.generate`.
 
 Raw images: every layout also takes `images=` (paths, URLs, PIL images, arrays); the processor's
 detector turns them into regions first. The detector is passed in (`detector=`) or loaded on first
@@ -77,35 +76,6 @@ def truncate_pair(tokens_a: list[int], tokens_b: list[int], max_total: int) -> t
         else:
             b.pop()
     return a, b
-
-
-def seq2seq_attention_mask(
-    caption_lengths: Sequence[int] | torch.Tensor,
-    caption_slot: int,
-    tag_lengths: Sequence[int] | torch.Tensor,
-    text_length: int,
-    region_counts: Sequence[int] | torch.Tensor,
-    region_slots: int,
-) -> torch.Tensor:
-    """The captioning masks of the original tensorizer, (batch, L, L) int64 with L = text_length + region_slots.
-
-    Per example, caption rows (`caption_lengths` real tokens from position 0) see earlier caption
-    tokens, the tags and the regions; tag rows (`tag_lengths` from `caption_slot`) and region rows
-    (`region_counts` from `text_length`) see tags and regions, never the caption. Padding rows and
-    columns are 0.
-
-    Example:
-        >>> seq2seq_attention_mask([2], 3, [1], 4, [1], 2)[0].tolist()
-        [[1, 0, 0, 1, 1, 0], [1, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0]]
-    """
-    idx = torch.arange(text_length + region_slots)
-    caption = idx[None, :] < torch.as_tensor(caption_lengths)[:, None]  # (batch, L)
-    tags = (idx[None, :] >= caption_slot) & (idx[None, :] < caption_slot + torch.as_tensor(tag_lengths)[:, None])
-    regions = (idx[None, :] >= text_length) & (idx[None, :] < text_length + torch.as_tensor(region_counts)[:, None])
-    context = tags | regions
-    causal = idx[None, :] <= idx[:, None]  # (L, L): key <= query
-    caption_rows = caption[:, :, None] & ((caption[:, None, :] & causal) | context[:, None, :])
-    return (caption_rows | (context[:, :, None] & context[:, None, :])).long()
 
 
 def _image_list(images: Any) -> list:
@@ -573,23 +543,18 @@ class OscarProcessor(ProcessorMixin):
     ) -> dict[str, torch.Tensor]:
         caption_slot = int(max_caption_length or self.max_caption_length)
         text_length = caption_slot + int(max_tag_length or self.max_tag_length)
-        rows, types, caption_lengths, tag_lengths = self._caption_rows(
+        rows, types, caption_lengths, _ = self._caption_rows(
             captions, self._tokenize(tag_strings), caption_slot, text_length
         )
         input_ids, token_type_ids, text_mask = self._pad_rows(rows, types, text_length)
-        if regions:
-            region_counts = regions["img_attention_mask"].sum(1).tolist()
-            slots = regions["img_feats"].shape[1]
-        else:
-            region_counts, slots = [0] * len(rows), 0
-        attention_mask = seq2seq_attention_mask(
-            caption_lengths, caption_slot, tag_lengths, text_length, region_counts, slots
-        )
-        data = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
-        if regions:
-            # The 3-D mask already covers the regions; keep img_attention_mask out so the model does not
-            # see two masks for the same slots.
-            data["img_feats"] = regions["img_feats"]
+        # The caption slot is padded inside the row (tags start at `caption_slot`): mask that padding.
+        positions = torch.arange(text_length)[None, :]
+        inside_slot_padding = (positions >= torch.tensor(caption_lengths)[:, None]) & (positions < caption_slot)
+        text_mask = text_mask.masked_fill(inside_slot_padding, 0)
+        # 2-D padding masks: `OscarForImageCaptioning` builds the seq2seq mask from them (its caption
+        # slot is `config.max_caption_length`, which must equal this processor's `max_caption_length`).
+        data = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": text_mask}
+        data.update(regions)
         return data
 
     def captioning(
@@ -610,7 +575,9 @@ class OscarProcessor(ProcessorMixin):
         `input_ids` (batch, max_caption_length + max_tag_length): `[CLS] caption [SEP] [PAD]...` in
         the caption slot (captions longer than the slot are cut, as in the original), then
         `tags [SEP]` (cut to the tag budget), then padding. `token_type_ids` 0 caption / 1 tags.
-        `attention_mask` (batch, Lt + R, Lt + R) is the seq2seq mask. `img_feats` as usual.
+        `attention_mask` (batch, Lt) and `img_attention_mask` (batch, R) are padding masks: the model
+        builds the seq2seq mask from them (`modeling_oscar.seq2seq_attention_mask`), so the processor's
+        `max_caption_length` must equal the model's `config.max_caption_length`. `img_feats` as usual.
         """
         regions = self._detected(images, regions, region_features)
         captions = self._texts(text, "text", allow_empty=False)
@@ -684,4 +651,4 @@ class OscarProcessor(ProcessorMixin):
         return self.tokenizer.decode(*args, **kwargs)
 
 
-__all__ = ["OscarProcessor", "join_tags", "seq2seq_attention_mask", "truncate_pair"]
+__all__ = ["OscarProcessor", "join_tags", "truncate_pair"]

@@ -40,11 +40,22 @@ def caption_targets(
     return {"masked_pos": chosen.to(torch.int32), "masked_ids": masked_ids}
 
 
+def seq2seq_layout(batch: Any, processor: Any) -> dict[str, torch.Tensor]:
+    """The captioning layout with the 3-D seq2seq mask the model builds from its 2-D masks (as the
+    original tensorizer returned it, without `img_attention_mask`)."""
+    from oscar_hf.modeling_oscar import seq2seq_attention_mask
+
+    out = dict(batch)
+    img_mask = out.pop("img_attention_mask", out["attention_mask"].new_zeros(out["attention_mask"].shape[0], 0))
+    out["attention_mask"] = seq2seq_attention_mask(out["attention_mask"], img_mask, processor.max_caption_length)
+    return out
+
+
 def caption_decode_layout(processor: Any, tags: Any, **region_inputs: Any) -> dict[str, torch.Tensor]:
     """What the original `BertForImageCaptioning.generate` received: `[CLS] [MASK]... [SEP]` in the
     caption slot, tags, the 3-D seq2seq mask, `img_feats` and `masked_pos` (all ones, int32)."""
     batch = len(tags)
     placeholders = " ".join([processor.tokenizer.mask_token] * (processor.max_caption_length - 2))
-    out = dict(processor.captioning([placeholders] * batch, tags=tags, **region_inputs))
+    out = seq2seq_layout(processor.captioning([placeholders] * batch, tags=tags, **region_inputs), processor)
     out["masked_pos"] = torch.ones_like(out["input_ids"], dtype=torch.int32)
     return out
