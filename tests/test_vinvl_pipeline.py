@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import fixture_folder, run_isolated
+from support import TF457_TARGET, fixture_folder, run_isolated
 from support.folders import real_tokenizer, sample_photos
 
 
@@ -115,12 +115,24 @@ print("RESULT " + json.dumps({
 """
 
 
+TF457 = pytest.param(
+    TF457_TARGET,
+    id="transformers-4.57",
+    marks=pytest.mark.skipif(
+        not (TF457_TARGET / "transformers").is_dir(),
+        reason=f"transformers 4.57 target dir missing at {TF457_TARGET} (.ci/run installs it; set OSCAR_TF457_TARGET)",
+    ),
+)
+
+
 @pytest.mark.remote_code
 @pytest.mark.slow
-def test_pipeline_runs_the_vinvl_detector_without_the_package(captioning_folder, photo, root):
+@pytest.mark.parametrize("extra_path", [pytest.param(None, id="installed"), TF457])
+def test_pipeline_runs_the_vinvl_detector_without_the_package(captioning_folder, photo, root, extra_path):
     from transformers import pipeline
 
-    report = run_isolated(PIPELINE_RUN, str(captioning_folder), str(photo), workdir=root / "isolated")
+    workdir = root / f"isolated-{extra_path is not None}"
+    report = run_isolated(PIPELINE_RUN, str(captioning_folder), str(photo), workdir=workdir, extra_path=extra_path)
     assert report["adapter"].startswith("transformers_modules"), report
     assert report["model"].startswith("transformers_modules"), report
     assert report["feature_dim"] == FEATURE_DIM and 10 <= report["num_regions"] <= 100, report
