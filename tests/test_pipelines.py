@@ -21,13 +21,20 @@ import pytest
 import torch
 from PIL import Image
 from support import REPO_ROOT, TF457_TARGET, run_isolated
+from support.folders import (
+    ANSWERS,
+    DETECTOR_WIDTH,
+    PHOTOS,
+    tiny_detector,
+    tiny_models,
+    tiny_pipeline_config,
+    tiny_processor,
+)
 from transformers import BertTokenizerFast, pipeline
 from transformers.dynamic_module_utils import get_imports
 
-from oscar_hf import OscarConfig, OscarForImageCaptioning, OscarForImageTextRetrieval, OscarForSequenceClassification
-from oscar_hf.processors import OscarProcessor, OscarRegionFeatureProcessor
-from oscar_hf.processors.detection_oscar import TransformersDetector, load_rgb_image, to_rgb
-from oscar_hf.processors.tag_vocab import load_tag_vocabulary
+from oscar_hf import OscarForImageCaptioning, OscarForImageTextRetrieval
+from oscar_hf.processors.detection_oscar import load_rgb_image, to_rgb
 from oscar_hf.registration import (
     PIPELINE_CODE_FILES,
     custom_pipelines_for,
@@ -38,9 +45,6 @@ from oscar_hf.training.hub import usage_snippet
 
 
 skimage_data = pytest.importorskip("skimage.data")
-ANSWERS = ["yes", "no", "two", "cat", "red", "table"]
-DETECTOR_WIDTH = 32  # YOLOS hidden size = region feature width; img_feature_dim = 32 + 6
-PHOTOS = ("astronaut", "coffee", "chelsea")
 TEXTS = ["a woman in a space suit", "a cup of coffee", "a cat lying down"]
 
 
@@ -74,75 +78,13 @@ def photo_paths(photos, tmp_path_factory) -> list[str]:
     return paths
 
 
-def tiny_detector(**kwargs) -> TransformersDetector:
-    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
-
-    torch.manual_seed(0)
-    config = YolosConfig(
-        hidden_size=DETECTOR_WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        image_size=[64, 64],
-        patch_size=16,
-        num_detection_tokens=10,
-        num_labels=80,
-        id2label=dict(load_tag_vocabulary("coco")),
-    )
-    image_processor = YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
-    return TransformersDetector(YolosForObjectDetection(config).eval(), image_processor, **kwargs)
-
-
-def tiny_config(tokenizer, **overrides) -> OscarConfig:
-    values = dict(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        img_feature_dim=DETECTOR_WIDTH + 6,
-        max_position_embeddings=64,
-        max_caption_length=12,
-        max_tag_length=8,
-        max_img_seq_length=10,
-        mask_token_id=tokenizer.mask_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    values.update(overrides)
-    return OscarConfig(**values)
-
-
-def tiny_processor(tokenizer, **kwargs) -> OscarProcessor:
-    regions = OscarRegionFeatureProcessor(region_feature_dim=DETECTOR_WIDTH, max_img_seq_length=10)
-    return OscarProcessor(regions, tokenizer, max_seq_length=24, max_caption_length=12, max_tag_length=8, **kwargs)
-
-
-def build_models(tokenizer) -> dict:
-    torch.manual_seed(0)
-    return {
-        "oscar-captioning": OscarForImageCaptioning(tiny_config(tokenizer)).eval(),
-        "oscar-vqa": OscarForSequenceClassification(
-            tiny_config(
-                tokenizer,
-                num_labels=len(ANSWERS),
-                loss_type="bce",
-                id2label=dict(enumerate(ANSWERS)),
-                label2id={a: i for i, a in enumerate(ANSWERS)},
-            )
-        ).eval(),
-        "oscar-retrieval": OscarForImageTextRetrieval(tiny_config(tokenizer, num_labels=2)).eval(),
-    }
-
-
 @pytest.fixture(scope="module")
 def folders(tokenizer, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pipelines")
     detector = tiny_detector(min_boxes=3, max_boxes=8)
     return {
         task: export_pipeline_folder(model, tiny_processor(tokenizer), root / task, detector=detector)
-        for task, model in build_models(tokenizer).items()
+        for task, model in tiny_models(tokenizer).items()
     }
 
 
@@ -178,7 +120,7 @@ def test_registry_pipelines_on_objects_in_memory(tokenizer, photos, tmp_path):
     """pip users: register once, then build a pipeline from a model, processor and detector in memory."""
     register_pipelines()
     register_pipelines()  # idempotent
-    model = build_models(tokenizer)["oscar-vqa"]
+    model = tiny_models(tokenizer)["oscar-vqa"]
     vqa = pipeline(
         "oscar-vqa", model=model, processor=tiny_processor(tokenizer), detector=tiny_detector(), device="cpu"
     )
@@ -364,7 +306,7 @@ def test_zero_detections_run_on_text_alone_with_a_warning(folders, photos):
 
 def test_precomputed_regions_need_no_detector(tokenizer, photos, tmp_path):
     torch.manual_seed(0)
-    model = OscarForImageTextRetrieval(tiny_config(tokenizer, num_labels=2)).eval()
+    model = OscarForImageTextRetrieval(tiny_pipeline_config(tokenizer, num_labels=2)).eval()
     folder = export_pipeline_folder(model, tiny_processor(tokenizer), tmp_path / "no_detector")
     assert not (folder / "detector").exists()
     retrieval = pipeline(model=str(folder), trust_remote_code=True, device="cpu")
@@ -389,7 +331,7 @@ def test_precomputed_regions_need_no_detector(tokenizer, photos, tmp_path):
 
 def test_missing_detector_folder_is_a_clear_error(tokenizer, photos, tmp_path):
     torch.manual_seed(0)
-    model = OscarForImageCaptioning(tiny_config(tokenizer))
+    model = OscarForImageCaptioning(tiny_pipeline_config(tokenizer))
     folder = export_pipeline_folder(model, tiny_processor(tokenizer), tmp_path / "cap", detector="detector")
     captioner = pipeline(model=str(folder), trust_remote_code=True, device="cpu")  # lazy: loading works
     with pytest.raises(FileNotFoundError, match="'detector'.*detector_name_or_path"):

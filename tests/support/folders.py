@@ -25,7 +25,7 @@ def real_tokenizer():
     return BertTokenizerFast.from_pretrained(gt.get_model_path())
 
 
-def tiny_detector(min_boxes: int = 3, max_boxes: int = 8):
+def tiny_detector(min_boxes: int = 3, max_boxes: int = 8, **kwargs):
     """A random YOLOS detector over the COCO labels (64-96 pixel inputs), wrapped as a `TransformersDetector`."""
     import torch
     from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
@@ -47,10 +47,11 @@ def tiny_detector(min_boxes: int = 3, max_boxes: int = 8):
     )
     image_processor = YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
     model = YolosForObjectDetection(config).eval()
-    return TransformersDetector(model, image_processor, min_boxes=min_boxes, max_boxes=max_boxes)
+    return TransformersDetector(model, image_processor, min_boxes=min_boxes, max_boxes=max_boxes, **kwargs)
 
 
-def _config(tokenizer, **overrides):
+def tiny_pipeline_config(tokenizer, **overrides):
+    """A tiny `OscarConfig` matching the tiny detector's region width and the real tokenizer."""
     from oscar_hf import OscarConfig
 
     values = dict(
@@ -80,7 +81,7 @@ def tiny_models(tokenizer) -> dict:
     from oscar_hf import OscarForImageCaptioning, OscarForImageTextRetrieval, OscarForSequenceClassification
 
     torch.manual_seed(0)
-    vqa_config = _config(
+    vqa_config = tiny_pipeline_config(
         tokenizer,
         num_labels=len(ANSWERS),
         loss_type="bce",
@@ -88,17 +89,17 @@ def tiny_models(tokenizer) -> dict:
         label2id={answer: i for i, answer in enumerate(ANSWERS)},
     )
     return {
-        "oscar-captioning": OscarForImageCaptioning(_config(tokenizer)).eval(),
+        "oscar-captioning": OscarForImageCaptioning(tiny_pipeline_config(tokenizer)).eval(),
         "oscar-vqa": OscarForSequenceClassification(vqa_config).eval(),
-        "oscar-retrieval": OscarForImageTextRetrieval(_config(tokenizer, num_labels=2)).eval(),
+        "oscar-retrieval": OscarForImageTextRetrieval(tiny_pipeline_config(tokenizer, num_labels=2)).eval(),
     }
 
 
-def tiny_processor(tokenizer):
+def tiny_processor(tokenizer, **kwargs):
     from oscar_hf.processors import OscarProcessor, OscarRegionFeatureProcessor
 
     regions = OscarRegionFeatureProcessor(region_feature_dim=DETECTOR_WIDTH, max_img_seq_length=10)
-    return OscarProcessor(regions, tokenizer, max_seq_length=24, max_caption_length=12, max_tag_length=8)
+    return OscarProcessor(regions, tokenizer, max_seq_length=24, max_caption_length=12, max_tag_length=8, **kwargs)
 
 
 def export_tiny_folders(root: Path, tasks: tuple[str, ...] = ("oscar-captioning", "oscar-vqa", "oscar-retrieval")):
