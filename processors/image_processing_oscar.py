@@ -36,7 +36,7 @@ BOX_FEATURE_DIM = 6
 PADDING_STRATEGIES = ("max_length", "longest")
 
 
-class OscarRegionKwargs(ImagesKwargs, total=False):
+class OscarRegionFeatureProcessorKwargs(ImagesKwargs, total=False):
     """Options of `OscarRegionFeatureProcessor` (declared so transformers 5 accepts and saves them)."""
 
     region_feature_dim: int
@@ -156,7 +156,7 @@ class OscarRegionFeatureProcessor(BaseImageProcessor):
     """
 
     model_input_names = ["img_feats", "img_attention_mask"]
-    valid_kwargs = OscarRegionKwargs
+    valid_kwargs = OscarRegionFeatureProcessorKwargs
 
     def __init__(
         self,

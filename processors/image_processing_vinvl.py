@@ -16,7 +16,8 @@ backbone output near the borders and therefore the detections (on the reference 
 images of a padded batch got 88 / 73 / 77 boxes instead of 86 / 89 / 75 one by one).
 
 Accepted inputs and their documented conversions: file paths, PIL images, numpy arrays and torch tensors
-(H x W or H x W x C, channels last). Grayscale is replicated to RGB; an alpha channel is dropped (PIL's
+(H x W, H x W x C channels last, or C x H x W channels first as torchvision reads images; C is 1, 3 or 4,
+and a shape that fits both layouts is read as channels last). Grayscale is replicated to RGB; an alpha channel is dropped (PIL's
 `convert("RGB")`, as the original); palette images are converted by PIL; 16-bit images are mapped to 8
 bits by `round(v / 257)` (65535 -> 255); float arrays must hold values in [0, 1] and are mapped by
 `round(v * 255)`. Empty images and images above `max_image_pixels` raise `ValueError`.
@@ -36,6 +37,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
+
+
+try:  # transformers >= 4.47 validates kwargs against a TypedDict; older releases have none.
+    from transformers.processing_utils import ImagesKwargs
+except ImportError:  # pragma: no cover - very old transformers
+    from typing import TypedDict as _TypedDict
+
+    class ImagesKwargs(_TypedDict, total=False):  # type: ignore[no-redef]
+        pass
 
 
 # Well above any photo (a 100-megapixel image resizes to 600 x 1000 like any other) and below what
@@ -63,13 +73,15 @@ def _describe(image: Any) -> str:
 
 
 def _array_to_pil(array: np.ndarray, index: int) -> Image.Image:
-    """A numpy image (H x W, H x W x 1/3/4) as an 8-bit PIL image, with the documented conversions."""
+    """A numpy image (H x W, H x W x 1/3/4 or 1/3/4 x H x W) as an 8-bit PIL image, with the documented conversions."""
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # channels first (torchvision's layout) -> channels last
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ValueError(
-            f"images[{index}] is an array of shape {array.shape}; expected H x W (grayscale) or H x W x 3/4 "
-            "(RGB/RGBA, channels last). Transpose C x H x W arrays first."
+            f"images[{index}] is an array of shape {array.shape}; expected H x W (grayscale), H x W x 3/4 "
+            "(RGB/RGBA, channels last) or 1/3/4 x H x W (channels first)."
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"images[{index}] is empty (shape {array.shape}); expected an image with pixels.")
@@ -117,6 +129,18 @@ def _pil_16bit_to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.round(array.astype(np.float64) / 257.0).astype(np.uint8))
 
 
+class VinVLImageProcessorKwargs(ImagesKwargs, total=False):
+    """Options of `VinVLImageProcessor` (declared so transformers 5 takes them in `from_pretrained` and saves them)."""
+
+    min_size: int
+    max_size: int | None
+    pixel_mean: list[float]
+    pixel_std: list[float]
+    pad_batch: bool
+    size_divisibility: int
+    max_image_pixels: int
+
+
 class VinVLImageProcessor(BaseImageProcessor):
     r"""Turns images into the VinVL detector's input (resize, BGR x 255 minus means).
 
@@ -137,6 +161,7 @@ class VinVLImageProcessor(BaseImageProcessor):
     """
 
     model_input_names = ["pixel_values", "image_sizes", "original_sizes"]
+    valid_kwargs = VinVLImageProcessorKwargs
 
     def __init__(
         self,
@@ -245,4 +270,4 @@ class VinVLImageProcessor(BaseImageProcessor):
         return self.preprocess(images, **kwargs)
 
 
-__all__ = ["VinVLImageProcessor", "resized_size"]
+__all__ = ["VinVLImageProcessor", "VinVLImageProcessorKwargs", "resized_size"]

@@ -116,7 +116,7 @@ def test_16_bit_and_float_images_map_to_8_bit(processor):
         (np.full((8, 8, 3), 2.0, dtype=np.float32), r"values in \[0, 1\]"),
         (np.full((8, 8, 3), np.nan, dtype=np.float32), "NaN or inf"),
         (np.zeros((8, 8, 3), dtype=np.int64), "dtype int64"),
-        (np.zeros((3, 8, 8), dtype=np.uint8), "Transpose C x H x W"),
+        (np.zeros((2, 8, 8), dtype=np.uint8), "1/3/4 x H x W \\(channels first\\)"),
         (np.zeros((8, 8, 2), dtype=np.uint8), "expected H x W"),
     ],
 )
