@@ -36,7 +36,7 @@ from .modeling_oscar import (
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The files a Hub folder needs for the model; they import each other only as `from .x import y`.
-REMOTE_CODE_FILES = ("configuration_oscar.py", "modeling_oscar.py")
+REMOTE_CODE_FILES = ("configuration_oscar.py", "modeling_oscar.py", "cbs_oscar.py")
 # Flat files of `oscar_hf.processors` that a folder with a custom pipeline carries as well.
 PIPELINE_CODE_FILES = ("processing_oscar.py", "image_processing_oscar.py", "detection_oscar.py", "pipeline_oscar.py")
 
