@@ -1153,7 +1153,15 @@ def register_vinvl_auto_classes() -> None:
 
     AutoConfig.register(VinVLDetectorConfig.model_type, VinVLDetectorConfig, exist_ok=True)
     AutoModel.register(VinVLDetectorConfig, VinVLDetector, exist_ok=True)
-    AutoImageProcessor.register(VinVLDetectorConfig, slow_image_processor_class=VinVLImageProcessor, exist_ok=True)
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        # One PIL-based processor for both image backends: transformers 5 otherwise warns on every load that
+        # the (requested) torchvision backend has no class.
+        backends = {"pil": VinVLImageProcessor, "torchvision": VinVLImageProcessor}
+        AutoImageProcessor.register(VinVLDetectorConfig, image_processor_classes=backends, exist_ok=True)
+    else:
+        AutoImageProcessor.register(VinVLDetectorConfig, slow_image_processor_class=VinVLImageProcessor, exist_ok=True)
 
 
 __all__ = [
