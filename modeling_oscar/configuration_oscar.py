@@ -13,12 +13,21 @@ import os
 from typing import Any, Literal
 
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
 
 CLASSIFIER_TYPES = ("linear", "mlp")
 LOSS_TYPES = ("ce", "bce", "kl", "mse")
 CAPTION_LOSS_TYPES = ("masked", "shifted")
 # Loss names used by the original scripts, mapped onto ours.
+# What to do about a size field below its minimum, where there is more to say than the minimum.
+_SIZE_HINTS = {
+    "img_feature_dim": "2054 = 2048 pooled RoI features + 6 box values; use the width of your region vectors.",
+    "max_img_seq_length": "The number of region slots (50 in Oscar, VinVL); at least one region is needed.",
+    "max_caption_length": "The caption slot holds [CLS] and at least [SEP] or [MASK] (original: 40).",
+    "num_labels": "Set it to the number of answers / classes (VQA: 3129, GQA: 1853, NLVR2 and retrieval: 2).",
+    "num_hidden_layers": "BERT-base has 12 layers; a model needs at least one.",
+}
 _ORIGINAL_LOSS_ALIASES = {"xe": "ce", "sfmx": "ce", "ce": "ce", "bce": "bce", "kl": "kl", "mse": "mse"}
 
 
@@ -158,42 +167,92 @@ class OscarConfig(PretrainedConfig):
         )
         self._validate()
 
-    def _validate(self) -> None:
-        def fail(field: str, value: Any, expected: str) -> None:
-            raise ValueError(f"OscarConfig.{field}={value!r} is invalid: expected {expected}.")
+    def validate(self) -> None:
+        """Checks every field a model is built from; raises `ValueError` naming the field.
 
+        `__init__` runs it, so `OscarConfig(...)`, `from_dict` and `from_pretrained` refuse a config
+        that cannot make a model. transformers 5 also calls `validate()` before `save_pretrained`
+        writes, which catches fields changed after construction (its own checks run first).
+        """
+        parent_validate = getattr(super(), "validate", None)  # transformers 5 (`@strict` configs)
+        if parent_validate is not None:
+            parent_validate()
+        self._validate()
+
+    def _validate(self) -> None:
+        def fail(field: str, value: Any, expected: str, fix: str = "") -> None:
+            raise ValueError(
+                f"OscarConfig.{field}={value!r} is invalid: expected {expected}.{' ' + fix if fix else ''}"
+            )
+
+        def is_int(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        # Sizes of the modules: a zero or negative size builds no layer (or a layer torch refuses).
+        for field, minimum in (
+            ("vocab_size", 1),
+            ("hidden_size", 1),
+            ("num_hidden_layers", 1),
+            ("num_attention_heads", 1),
+            ("intermediate_size", 1),
+            ("max_position_embeddings", 1),
+            ("type_vocab_size", 1),
+            ("img_feature_dim", 1),
+            ("max_img_seq_length", 1),
+            ("max_caption_length", 2),
+            ("max_tag_length", 0),
+            ("cls_hidden_scale", 1),
+            ("num_choice", 1),
+            ("num_labels", 1),
+            ("drop_worst_after", 0),
+        ):
+            value = getattr(self, field)
+            if not is_int(value) or value < minimum:
+                fail(field, value, f"an integer >= {minimum}", _SIZE_HINTS.get(field, ""))
         if self.hidden_size % self.num_attention_heads != 0:
             fail(
                 "hidden_size",
                 self.hidden_size,
                 f"a multiple of num_attention_heads={self.num_attention_heads}",
+                "Each head takes hidden_size / num_attention_heads dims (BERT-base: 768 / 12).",
             )
-        if self.img_feature_dim <= 0:
-            fail("img_feature_dim", self.img_feature_dim, "a positive width (2054 = 2048 features + 6 box values)")
+        for field in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, field)
+            if value is None and field == "classifier_dropout":
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+                fail(field, value, "a probability in [0, 1)" + (" or None" if field == "classifier_dropout" else ""))
+        for field in ("layer_norm_eps", "img_layer_norm_eps"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                fail(field, value, "a positive epsilon (BERT: 1e-12)")
+        if not isinstance(self.initializer_range, (int, float)) or not self.initializer_range >= 0:
+            fail("initializer_range", self.initializer_range, "a non-negative standard deviation (BERT: 0.02)")
+        if isinstance(self.hidden_act, str) and self.hidden_act not in ACT2FN:
+            fail("hidden_act", self.hidden_act, f"one of transformers' activations, e.g. {sorted(ACT2FN)[:6]}")
         if self.classifier not in CLASSIFIER_TYPES:
             fail("classifier", self.classifier, f"one of {CLASSIFIER_TYPES}")
-        if self.cls_hidden_scale < 1:
-            fail("cls_hidden_scale", self.cls_hidden_scale, "an integer >= 1")
         if self.loss_type not in LOSS_TYPES:
             fail("loss_type", self.loss_type, f"one of {LOSS_TYPES} (original 'xe'/'sfmx' mean 'ce')")
         if self.caption_loss not in CAPTION_LOSS_TYPES:
             fail("caption_loss", self.caption_loss, f"one of {CAPTION_LOSS_TYPES}")
         if self.num_contrast_classes not in (2, 3):
             fail("num_contrast_classes", self.num_contrast_classes, "2 (Oscar) or 3 (Oscar+)")
-        if self.num_choice < 1:
-            fail("num_choice", self.num_choice, "an integer >= 1")
-        if not 0.0 <= self.label_smoothing < 1.0:
+        if not isinstance(self.label_smoothing, (int, float)) or not 0.0 <= self.label_smoothing < 1.0:
             fail("label_smoothing", self.label_smoothing, "a value in [0, 1)")
-        if not 0.0 <= self.drop_worst_ratio < 1.0:
+        if not isinstance(self.drop_worst_ratio, (int, float)) or not 0.0 <= self.drop_worst_ratio < 1.0:
             fail("drop_worst_ratio", self.drop_worst_ratio, "a value in [0, 1)")
         if self.max_caption_length + self.max_tag_length > self.max_position_embeddings:
             fail(
                 "max_caption_length",
                 self.max_caption_length,
                 f"max_caption_length + max_tag_length <= max_position_embeddings={self.max_position_embeddings}",
+                f"The tags take positions {self.max_caption_length}.."
+                f"{self.max_caption_length + self.max_tag_length - 1}; lower one of them or raise "
+                "max_position_embeddings.",
             )
-        if self.max_img_seq_length < 0:
-            fail("max_img_seq_length", self.max_img_seq_length, "a non-negative number of region slots")
+        # Special token ids are checked where they are used (the word embeddings, generate()): like
+        # transformers, a config may name ids outside its vocabulary until a model is built from it.
 
     @classmethod
     def from_original(cls, path: str | os.PathLike, **overrides: Any) -> OscarConfig:

@@ -150,6 +150,7 @@ class OscarEmbeddings(nn.Module):
 
     def __init__(self, config: OscarConfig):
         super().__init__()
+        _check_special_token_ids(config, ("pad_token_id",))
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
@@ -169,6 +170,17 @@ class OscarEmbeddings(nn.Module):
             inputs_embeds + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
         )
         return self.dropout(self.LayerNorm(embeddings))  # (batch, text_len, hidden)
+
+
+def _check_special_token_ids(config: OscarConfig, fields: tuple[str, ...]) -> None:
+    for field in fields:
+        value = getattr(config, field, None)
+        if value is not None and not 0 <= value < config.vocab_size:
+            raise ValueError(
+                f"config.{field}={value} is outside the vocabulary: expected None or an id in "
+                f"[0, vocab_size={config.vocab_size}). Take it from the tokenizer (e.g. tokenizer.{field}) "
+                "or raise vocab_size."
+            )
 
 
 class OscarRegionEmbeddings(nn.Module):
@@ -459,9 +471,100 @@ def _check_img_feats(img_feats: torch.Tensor, config: OscarConfig, batch: int) -
             f"{config.max_img_seq_length}. Keep the first {config.max_img_seq_length} regions (the processor does) "
             "or raise max_img_seq_length."
         )
-    # A data-dependent check (a host sync on GPU); skipped inside torch.compile graphs.
-    if not torch.compiler.is_compiling() and not torch.isfinite(img_feats).all():
-        raise ValueError("img_feats contains NaN or inf values; fix or drop those regions before the forward pass.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Value checks: ids, labels and scores in range before torch indexes with them
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ValueCheck:
+    """A range every value of one input tensor must lie in.
+
+    An id outside its embedding table fails deep inside torch on CPU ("index out of range in
+    self") and as a device-side assert on CUDA, naming neither the argument nor the value; a
+    class label outside the classifier does the same in the loss. `check_values` tests all of an
+    input's ranges with one min/max reduction per tensor and one host sync in all.
+
+    Args:
+        name: the argument as the error names it, e.g. "input_ids".
+        tensor: its values (ids, labels, scores or features).
+        low, high: inclusive bounds; values must also be finite (no NaN or inf).
+        expected: what the error says was expected, e.g. "ids in [0, vocab_size=99)".
+        ignore_index: one more allowed value outside the range (-100: "no target").
+        hint: how to fix it, appended to the error.
+    """
+
+    name: str
+    tensor: torch.Tensor | None
+    low: float
+    high: float
+    expected: str
+    ignore_index: int | None = None
+    hint: str = ""
+
+
+def _id_check(name: str, tensor: torch.Tensor | None, size: int, size_name: str, hint: str = "") -> ValueCheck:
+    return ValueCheck(name, tensor, 0, size - 1, f"ids in [0, {size_name}={size})", hint=hint)
+
+
+def _checks_apply() -> bool:
+    # Data-dependent Python control flow has no place in a compiled or traced graph.
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())
+
+
+def check_values(checks: list[ValueCheck]) -> None:
+    """Raises `ValueError` naming the tensor, the first offending value, its index and the range,
+    for the first check some value of whose tensor is out of range (or NaN/inf).
+
+    Costs one `aminmax` per tensor and one host sync for all of them; skipped inside
+    `torch.compile`, `torch.jit` tracing and scripting, and for empty or meta tensors.
+    """
+    checks = [c for c in checks if c.tensor is not None and c.tensor.numel() > 0 and c.tensor.device.type != "meta"]
+    if not checks or not _checks_apply():
+        return
+    device = checks[0].tensor.device
+    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    extremes = []
+    for check in checks:
+        values = _comparable(check)
+        extremes.append(torch.stack(torch.aminmax(values)).to(device=device, dtype=dtype))
+    found = torch.cat(extremes).tolist()  # the one host sync
+    for i, check in enumerate(checks):
+        low, high = found[2 * i], found[2 * i + 1]
+        if not (math.isfinite(low) and math.isfinite(high) and low >= check.low and high <= check.high):
+            raise ValueError(_out_of_range_message(check))
+
+
+def _comparable(check: ValueCheck) -> torch.Tensor:
+    values = check.tensor.detach()
+    if values.dtype == torch.bool:
+        values = values.to(torch.uint8)
+    if check.ignore_index is not None:
+        values = values.masked_fill(values == check.ignore_index, int(check.low))
+    return values
+
+
+def _out_of_range_message(check: ValueCheck) -> str:
+    """The error of a failed check: where the first bad value is, and how many there are (slow path)."""
+    values = check.tensor.detach()
+    if values.dtype == torch.bool:
+        values = values.to(torch.uint8)
+    bad = (values < check.low) | (values > check.high)
+    if values.is_floating_point():
+        bad |= ~torch.isfinite(values)
+    if check.ignore_index is not None:
+        bad &= values != check.ignore_index
+    where = bad.nonzero()
+    index = tuple(where[0].tolist())
+    value = values[index].item()
+    allowed = f" or {check.ignore_index} (no target)" if check.ignore_index is not None else ""
+    message = (
+        f"{check.name} holds {value!r} at index {index} ({len(where)} value(s) out of range): "
+        f"expected {check.expected}{allowed}."
+    )
+    return f"{message} {check.hint}" if check.hint else message
 
 
 def _full_attention_mask(
@@ -593,6 +696,8 @@ class OscarModel(OscarPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         skip_padding: bool = False,
+        require_cls: bool = False,
+        value_checks: list[ValueCheck] | None = None,
     ) -> OscarModelOutput | tuple:
         """
         Args:
@@ -612,6 +717,10 @@ class OscarModel(OscarPreTrainedModel):
                 `OscarConfig.skip_padding`); applies to a 2-D mask whose `[CLS]` column is set, without
                 cache, attentions or hidden states. `pooler_output` and every unmasked position are
                 unchanged; masked positions of `last_hidden_state` are zeros.
+            require_cls: refuse rows whose `[CLS]` position (0) is masked; set by the heads that read
+                the pooled output, which would otherwise pool a padding vector.
+            value_checks: ranges of the calling head's labels, checked with the ids in one host sync
+                (see `check_values`) before anything is embedded or indexed.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -629,6 +738,7 @@ class OscarModel(OscarPreTrainedModel):
             _check_img_feats(img_feats, self.config, batch)
             num_regions = img_feats.shape[1]
 
+        given_positions, given_token_types = position_ids, token_type_ids
         if position_ids is None:
             if text_len > self.config.max_position_embeddings:
                 raise ValueError(
@@ -645,6 +755,10 @@ class OscarModel(OscarPreTrainedModel):
                 )
 
         mask = _full_attention_mask(attention_mask, img_attention_mask, batch, text_len, num_regions, device)
+        check_values(
+            self._input_checks(input_ids, given_token_types, given_positions, img_feats, mask, require_cls)
+            + list(value_checks or ())
+        )
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (batch, text_len, hidden)
         if img_feats is not None:
             regions = self.region_embeddings(img_feats.to(hidden.dtype))  # (batch, num_regions, hidden)
@@ -683,6 +797,67 @@ class OscarModel(OscarPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    def _input_checks(
+        self,
+        input_ids: torch.LongTensor | None,
+        token_type_ids: torch.LongTensor | None,
+        position_ids: torch.LongTensor | None,
+        img_feats: torch.FloatTensor | None,
+        mask: torch.Tensor,
+        require_cls: bool,
+    ) -> list[ValueCheck]:
+        """The ranges of the trunk's inputs: every id indexes an embedding table."""
+        config = self.config
+        checks = [
+            _id_check(
+                "input_ids",
+                input_ids,
+                config.vocab_size,
+                "vocab_size",
+                "Tokenize with the model's own tokenizer, or resize_token_embeddings() after adding tokens.",
+            ),
+            _id_check(
+                "token_type_ids",
+                token_type_ids,
+                config.type_vocab_size,
+                "type_vocab_size",
+                "Oscar uses 0 for [CLS] text [SEP] and padding, 1 for the tags and their [SEP].",
+            ),
+            _id_check(
+                "position_ids",
+                position_ids,
+                config.max_position_embeddings,
+                "max_position_embeddings",
+                "Truncate the text and tags, or leave position_ids out.",
+            ),
+        ]
+        if img_feats is not None:
+            checks.append(
+                ValueCheck(
+                    "img_feats",
+                    img_feats,
+                    -math.inf,
+                    math.inf,
+                    "finite values (no NaN or inf)",
+                    hint="Fix or drop those regions before the forward pass.",
+                )
+            )
+        if require_cls:
+            # 2-D: the [CLS] key of each row; 3-D: whether any query of the row sees [CLS].
+            cls_valid = mask[:, 0] if mask.dim() == 2 else mask[:, :, 0].amax(dim=1)
+            checks.append(
+                ValueCheck(
+                    "attention_mask[:, 0] (the [CLS] position the pooled output reads)",
+                    cls_valid,
+                    1,
+                    math.inf,
+                    "a nonzero value in every row",
+                    hint="Start every row with [CLS] and pad on the right (as the processor does); a row "
+                    "without its [CLS] would pool a padding or region vector.",
+                )
+            )
+        return checks
+
 
 def _text_shape(
     input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor | None
@@ -693,13 +868,20 @@ def _text_shape(
             "Pass exactly one of input_ids (batch, text_len) and inputs_embeds (batch, text_len, hidden); "
             f"got {'both' if input_ids is not None else 'neither'}."
         )
-    if input_ids is not None:
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, text_len), got shape {tuple(input_ids.shape)}.")
-        return input_ids.shape[0], input_ids.shape[1], input_ids.device
-    if inputs_embeds.dim() != 3:
-        raise ValueError(f"inputs_embeds must be (batch, text_len, hidden), got shape {tuple(inputs_embeds.shape)}.")
-    return inputs_embeds.shape[0], inputs_embeds.shape[1], inputs_embeds.device
+    name, text = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
+    dims = 2 if input_ids is not None else 3
+    if text.dim() != dims:
+        layout = "(batch, text_len)" if dims == 2 else "(batch, text_len, hidden)"
+        raise ValueError(f"{name} must be {layout}, got shape {tuple(text.shape)}.")
+    batch, text_len = text.shape[:2]
+    if batch == 0:
+        raise ValueError(f"{name} has shape {tuple(text.shape)}: an empty batch. Pass at least one example.")
+    if text_len == 0:
+        raise ValueError(
+            f"{name} has shape {tuple(text.shape)}: zero text tokens. Every sequence starts with [CLS] (the "
+            "position the pooled output and the caption read); without it a region would be pooled instead."
+        )
+    return batch, text_len, text.device
 
 
 def _resolve_cache_argument(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
@@ -842,6 +1024,32 @@ class OscarForPreTraining(_OscarWithLMHead):
                 positions instead of all text and region rows) drops out of a training step.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        config = self.config
+        batch, text_len, _ = _text_shape(input_ids, inputs_embeds)
+        checks = []
+        if labels is not None:
+            num_regions = img_feats.shape[1] if img_feats is not None and img_feats.dim() == 3 else 0
+            labels = _pad_labels_over_regions(labels, (batch, text_len + num_regions))
+            labels = labels.masked_fill(labels == -1, -100)
+            checks.append(
+                _target_check("labels", labels, config.vocab_size, "Masked-token targets are token ids of the text.")
+            )
+        if contrastive_labels is not None:
+            if tuple(contrastive_labels.shape) != (batch,):
+                raise ValueError(
+                    f"contrastive_labels has shape {tuple(contrastive_labels.shape)}, expected ({batch},)."
+                )
+            checks.append(
+                ValueCheck(
+                    "contrastive_labels",
+                    contrastive_labels,
+                    0,
+                    config.num_contrast_classes - 1,
+                    f"classes in [0, num_contrast_classes={config.num_contrast_classes})",
+                    ignore_index=-100,
+                    hint="0 matched, 1 tags/answer polluted, 2 caption/question polluted (Oscar+ only).",
+                )
+            )
         outputs = self.bert(
             input_ids,
             attention_mask=attention_mask,
@@ -853,29 +1061,23 @@ class OscarForPreTraining(_OscarWithLMHead):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            require_cls=True,
+            value_checks=checks,
         )
         sequence = outputs.last_hidden_state  # (batch, text_len + num_regions, hidden)
-        if labels is not None:
-            labels = _pad_labels_over_regions(labels, sequence.shape[:2])
-            labels = labels.masked_fill(labels == -1, -100)
-            if sparse_prediction:
-                labelled = labels != -100
-                sequence, labels = sequence[labelled], labels[labelled]  # (num_labelled, hidden), (num_labelled,)
+        if labels is not None and sparse_prediction:
+            labelled = labels != -100
+            sequence, labels = sequence[labelled], labels[labelled]  # (num_labelled, hidden), (num_labelled,)
         prediction_logits, contrastive_logits = self.cls(sequence, outputs.pooler_output)
 
         masked_lm_loss = contrastive_loss = loss = None
         if labels is not None:
-            masked_lm_loss = F.cross_entropy(
-                prediction_logits.reshape(-1, self.config.vocab_size).float(), labels.reshape(-1)
+            masked_lm_loss = _cross_entropy(
+                prediction_logits.reshape(-1, config.vocab_size).float(), labels.reshape(-1)
             )
             loss = masked_lm_loss
         if contrastive_labels is not None:
-            batch = outputs.last_hidden_state.shape[0]
-            if contrastive_labels.shape != (batch,):
-                raise ValueError(
-                    f"contrastive_labels has shape {tuple(contrastive_labels.shape)}, expected ({batch},)."
-                )
-            contrastive_loss = F.cross_entropy(contrastive_logits.float(), contrastive_labels)
+            contrastive_loss = _cross_entropy(contrastive_logits.float(), contrastive_labels)
             loss = contrastive_loss if loss is None else loss + contrastive_loss
 
         output = OscarForPreTrainingOutput(
@@ -888,6 +1090,19 @@ class OscarForPreTraining(_OscarWithLMHead):
             attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+
+def _target_check(name: str, labels: torch.Tensor, vocab_size: int, hint: str) -> ValueCheck:
+    """Token-id targets: in the vocabulary, or -100 where there is no target."""
+    return ValueCheck(
+        name,
+        labels,
+        0,
+        vocab_size - 1,
+        f"token ids in [0, vocab_size={vocab_size})",
+        ignore_index=-100,
+        hint=hint,
+    )
 
 
 def _pad_labels_over_regions(labels: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -942,9 +1157,12 @@ def _loss_kind(config: OscarConfig, labels: torch.Tensor) -> str:
     return config.loss_type
 
 
-def _classification_loss(config: OscarConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    batch, num_labels = logits.shape
-    logits = logits.float()
+def _classification_label_checks(config: OscarConfig, labels: torch.Tensor | None, batch: int) -> list[ValueCheck]:
+    """Checks the labels' shape for the loss `config` selects and returns their value ranges,
+    which the trunk checks with its ids, before the forward pass."""
+    if labels is None:
+        return []
+    num_labels = config.num_labels
     kind = _loss_kind(config, labels)
     if kind in ("bce", "kl", "multi_label"):
         if tuple(labels.shape) != (batch, num_labels):
@@ -952,22 +1170,68 @@ def _classification_loss(config: OscarConfig, logits: torch.Tensor, labels: torc
                 f"{kind} loss needs soft-score labels of shape ({batch}, {num_labels}) (multi-hot for multi-label), "
                 f"got {tuple(labels.shape)}."
             )
-        if kind == "multi_label":  # BertForSequenceClassification's multi-label loss
-            return F.binary_cross_entropy_with_logits(logits, labels.float())
-        if kind == "bce":
-            # The original multiplies the mean by the number of answers (instance_bce_with_logits).
-            return F.binary_cross_entropy_with_logits(logits, labels.float()) * num_labels
-        return F.kl_div(F.log_softmax(logits, dim=-1), labels.float(), reduction="batchmean")
+        return [
+            ValueCheck(
+                "labels",
+                labels,
+                0.0,
+                1.0,
+                f"soft scores in [0, 1] for loss {kind!r}",
+                hint="VQA targets score 0.3/0.6/0.9/1 for 1/2/3/>=4 annotators; multi-label targets are 0/1.",
+            )
+        ]
     if kind == "mse":
-        if num_labels == 1:
-            return F.mse_loss(logits.squeeze(-1), labels.float().view(-1))
-        return F.mse_loss(logits, labels.float().view(batch, num_labels))
+        if labels.numel() != batch * num_labels:
+            raise ValueError(
+                f"regression needs ({batch},) targets (or ({batch}, {num_labels})), got shape {tuple(labels.shape)}."
+            )
+        return [ValueCheck("labels", labels, -math.inf, math.inf, "finite regression targets")]
     if tuple(labels.shape) != (batch,):
         raise ValueError(
             f"single-label classification needs class-index labels of shape ({batch},), got {tuple(labels.shape)}; "
             "use loss_type='bce' (or problem_type='multi_label_classification') for soft scores."
         )
-    return F.cross_entropy(logits, labels.long())
+    return [
+        ValueCheck(
+            "labels",
+            labels,
+            0,
+            num_labels - 1,
+            f"class indices in [0, num_labels={num_labels})",
+            ignore_index=-100,
+            hint="Map answers to indices with config.label2id; pass soft scores with loss_type='bce'.",
+        )
+    ]
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy over the labels that are not -100.
+
+    When every label is -100, `F.cross_entropy` (and BERT's heads) return NaN (0 / 0); this returns
+    a zero loss that is still part of the graph, so an accumulation step or a DDP rank whose batch
+    holds no target adds nothing instead of poisoning the run. Equal to `F.cross_entropy` otherwise.
+    """
+    total = F.cross_entropy(logits, labels, reduction="sum")
+    return total / (labels != -100).sum().clamp(min=1)
+
+
+def _classification_loss(config: OscarConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss `_loss_kind` names; the labels were checked by `_classification_label_checks`."""
+    batch, num_labels = logits.shape
+    logits = logits.float()
+    kind = _loss_kind(config, labels)
+    if kind == "multi_label":  # BertForSequenceClassification's multi-label loss
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+    if kind == "bce":
+        # The original multiplies the mean by the number of answers (instance_bce_with_logits).
+        return F.binary_cross_entropy_with_logits(logits, labels.float()) * num_labels
+    if kind == "kl":
+        return F.kl_div(F.log_softmax(logits, dim=-1), labels.float(), reduction="batchmean")
+    if kind == "mse":
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.float().view(-1))
+        return F.mse_loss(logits, labels.float().view(batch, num_labels))
+    return _cross_entropy(logits, labels.long())
 
 
 class OscarForSequenceClassification(OscarPreTrainedModel):
@@ -1015,6 +1279,8 @@ class OscarForSequenceClassification(OscarPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             skip_padding=self.config.skip_padding,
+            require_cls=True,
+            value_checks=_classification_label_checks(self.config, labels, _text_shape(input_ids, inputs_embeds)[0]),
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))  # (batch, num_labels)
         loss = _classification_loss(self.config, logits, labels) if labels is not None else None
@@ -1140,6 +1406,8 @@ class OscarForNLVR2(OscarPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             skip_padding=self.config.skip_padding,
+            require_cls=True,
+            value_checks=_classification_label_checks(self.config, labels, batch),
         )
         pooled = outputs.pooler_output.reshape(batch, -1)  # (batch, num_choice * hidden)
         logits = self.classifier(self.dropout(pooled))
@@ -1210,7 +1478,8 @@ def caption_loss(
     logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float, drop_worst_ratio: float
 ) -> torch.Tensor:
     """The original captioning loss: KL to a smoothed one-hot (eps/(V-1) off target), then
-    optionally keeps the `1 - drop_worst_ratio` lowest per-token losses."""
+    optionally keeps the `1 - drop_worst_ratio` lowest per-token losses (at least one). Without
+    targets it is a zero attached to the graph (`F.cross_entropy` would give NaN)."""
     log_probs = F.log_softmax(logits.float(), dim=-1)  # (num_targets, vocab)
     vocab = log_probs.shape[-1]
     off = label_smoothing / (vocab - 1)
@@ -1220,8 +1489,12 @@ def caption_loss(
     entropy = on * math.log(on) + (vocab - 1) * (off * math.log(off) if off > 0 else 0.0)
     cross = -(on * target_logp + off * (log_probs.sum(dim=-1) - target_logp))
     losses = entropy + cross
+    if losses.numel() == 0:
+        # No target in the batch: a zero loss still attached to the graph, not the NaN of an empty mean.
+        return losses.sum()
     if drop_worst_ratio > 0:
-        keep = int(losses.shape[0] * (1 - drop_worst_ratio))
+        # At least one loss stays: the original's k=0 would average nothing (NaN).
+        keep = max(1, int(losses.shape[0] * (1 - drop_worst_ratio)))
         losses = torch.topk(losses, k=keep, largest=False).values
     return losses.mean()
 
@@ -1230,6 +1503,17 @@ def _static_cache_length(cache: StaticCache) -> int:
     # `get_max_length` in transformers 5.2x, `get_max_cache_shape` before.
     length = getattr(cache, "get_max_length", None) or cache.get_max_cache_shape
     return length()
+
+
+# The per-image inputs of `generate`, besides the prompt; all share its batch size.
+_DECODING_INPUTS = (
+    "attention_mask",
+    "img_feats",
+    "img_attention_mask",
+    "tag_input_ids",
+    "tag_attention_mask",
+    "tag_position_ids",
+)
 
 
 @functools.cache
@@ -1313,6 +1597,21 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
         elif cache is None:
             cache = DynamicCache()
         batch, text_len, _ = _text_shape(input_ids, inputs_embeds)
+        checks = []
+        if labels is not None:
+            if tuple(labels.shape) != (batch, text_len):
+                raise ValueError(
+                    f"labels has shape {tuple(labels.shape)}, expected {(batch, text_len)} like input_ids "
+                    "(-100 where there is no target)."
+                )
+            checks.append(
+                _target_check(
+                    "labels",
+                    labels,
+                    self.config.vocab_size,
+                    "Mark positions without a target with -100 (the original code's -1 is not accepted).",
+                )
+            )
         continuing = key_layout is not None or (cache is not None and cache.get_seq_length() > 0)
         if not continuing and (attention_mask is None or attention_mask.dim() == 2):
             attention_mask = self._seq2seq_mask(attention_mask, img_attention_mask, img_feats, batch, text_len)
@@ -1331,6 +1630,7 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            value_checks=checks,
         )
         text_hidden = outputs.last_hidden_state[:, :text_len]  # (batch, text_len, hidden)
 
@@ -1338,11 +1638,6 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
         if logits_position is not None:
             logits = self.cls(text_hidden[:, logits_position : logits_position + 1])  # (batch, 1, vocab)
         elif labels is not None:
-            if tuple(labels.shape) != (batch, text_len):
-                raise ValueError(
-                    f"labels has shape {tuple(labels.shape)}, expected {(batch, text_len)} like input_ids "
-                    "(-100 where there is no target)."
-                )
             if self.config.caption_loss == "shifted":
                 text_hidden, labels = text_hidden[:, :-1], labels[:, 1:]
             targets = labels != -100
@@ -1560,6 +1855,7 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
                     "the one [MASK] slot, so candidate tokens cannot be verified in one pass. Use greedy, sampling "
                     "or beam search (num_beams)."
                 )
+        self._check_generate_inputs(args[0] if args else None, kwargs, generation_config, original_decoding)
         if original_decoding:
             return self._generate_original(*args, **kwargs)
         cache_implementation = kwargs.pop("cache_implementation", None) or generation_config.cache_implementation
@@ -1568,6 +1864,41 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
         elif cache_implementation is not None:
             kwargs["cache_implementation"] = cache_implementation
         return super().generate(*args, **kwargs)
+
+    def _check_generate_inputs(
+        self, prompt: torch.Tensor | None, kwargs: dict, generation_config, original_decoding: bool
+    ) -> None:
+        """What `generate` refuses before the first step: beam counts below 1, a tag mask without
+        tags, inputs that disagree on the batch size, and (original search) no room after the prompt."""
+        # Decoding appends [MASK] to every step, starts from [CLS] and stops at [SEP].
+        _check_special_token_ids(self.config, ("mask_token_id", "bos_token_id", "eos_token_id"))
+        num_beams = kwargs.get("num_beams", generation_config.num_beams)
+        if num_beams is not None and (isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1):
+            raise ValueError(f"num_beams={num_beams!r} is invalid: expected an integer >= 1 (1 is greedy search).")
+        if kwargs.get("tag_attention_mask") is not None and kwargs.get("tag_input_ids") is None:
+            raise ValueError(
+                f"tag_attention_mask of shape {tuple(kwargs['tag_attention_mask'].shape)} was given without "
+                "tag_input_ids: pass the tag ids with their mask, or neither."
+            )
+        prompt = prompt if prompt is not None else kwargs.get("input_ids", kwargs.get("inputs"))
+        named = {"input_ids": prompt, **{name: kwargs.get(name) for name in _DECODING_INPUTS}}
+        sizes = {name: value.shape[0] for name, value in named.items() if isinstance(value, torch.Tensor)}
+        if len(set(sizes.values())) > 1:
+            listed = ", ".join(f"{name}: {size}" for name, size in sizes.items())
+            raise ValueError(
+                f"The decoding inputs disagree on the batch size ({listed}): expected one row per image in each "
+                "(prompt, tags, regions and their masks)."
+            )
+        if 0 in sizes.values():
+            raise ValueError(f"An empty batch ({sizes}): pass at least one image to caption.")
+        if original_decoding:
+            max_length = kwargs.get("max_length") or generation_config.max_length or 20
+            prompt_length = prompt.shape[1] if isinstance(prompt, torch.Tensor) else 1
+            if max_length <= prompt_length:
+                raise ValueError(
+                    f"max_length={max_length} leaves no room to decode: the prompt already holds {prompt_length} "
+                    f"tokens and max_length counts them. Expected max_length > {prompt_length}; raise it."
+                )
 
     def _with_static_cache(self, generation_config, kwargs: dict, *args) -> dict:
         """A static cache sized for tags + regions + the caption, instead of prompt + new tokens."""
@@ -1675,6 +2006,8 @@ class _OriginalSearch:
         self.use_cache = use_cache
         self.eos = eos_token_id
         self.pad = pad_token_id
+        if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+            raise ValueError(f"num_beams={num_beams!r} is invalid: expected an integer >= 1 (1 is greedy search).")
         if num_beams == 1 and num_keep_best != 1:
             raise ValueError("Greedy original decoding returns one sequence; set num_return_sequences=1.")
         if num_keep_best > num_beams:
