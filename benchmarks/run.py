@@ -253,6 +253,13 @@ def child_main(task: str, spec_json: str) -> None:
     emit_child_result(CHILD_TASKS[task](json.loads(spec_json)))
 
 
+# Said on the console, in the JSON report and at the top of the Markdown report of every --quick run.
+QUICK_NOTE = (
+    "QUICK RUN: tiny sizes that only exercise every code path. These numbers are not results: do not quote, "
+    "compare or commit them; run without --quick for measurements (benchmarks/RESULTS.md)."
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=("cpu", "gpu"), default="cpu")
@@ -290,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "environment": environment(),
     }
+    if args.quick:
+        report["note"] = QUICK_NOTE
+        print(QUICK_NOTE, flush=True)
     if args.suite == "cpu":
         from cpu_suite import run_cpu_suite
 
@@ -308,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         report["results"] = sections
         report["targets"] = sections.get("targets", [])
         text = render_gpu(sections)
+    if args.quick:
+        text = f"> **{QUICK_NOTE}**\n\n{text}\n\n> **{QUICK_NOTE}**"
     report["failures"] = failures(sections)
     report["total_seconds"] = time.perf_counter() - start
     json_path = args.out / f"results_{args.suite}.json"

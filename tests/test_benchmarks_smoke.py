@@ -26,6 +26,10 @@ def test_cpu_suite_quick_writes_report(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "results_cpu.json").read_text())
     assert report["schema_version"] == 1 and report["suite"] == "cpu" and report["quick"] is True
+    # Quick sizes are a smoke test, and every output says so (console, JSON, Markdown).
+    assert "not results" in report["note"]
+    assert proc.stdout.count("not results") >= 2  # before the sections and after the table
+    assert (tmp_path / "results_cpu.md").read_text().startswith("> **QUICK RUN")
     assert report["failures"] == []
     assert {"torch", "transformers", "cpu_count"} <= set(report["environment"])
 
