@@ -33,6 +33,11 @@ except ImportError:  # pragma: no cover - very old transformers
 
 
 BOX_FEATURE_DIM = 6
+# Detectron-style detectors (VinVL's) measure a box as `x2 - x1 + 1` pixels and keep boxes down to zero
+# such pixels, i.e. `x2 = x1 - 1` at their input scale: a few pixels once scaled back to a small or
+# elongated image. Those are kept, with the slightly negative box values the original computes for
+# them; a box inverted by more than this fraction of the image side is not an `x1, y1, x2, y2` box.
+LEGACY_BOX_SLACK = 0.02
 PADDING_STRATEGIES = ("max_length", "longest")
 
 
@@ -92,8 +97,9 @@ def _as_list(value: Any, name: str) -> list:
 def validate_boxes(boxes: torch.Tensor, image_size: tuple[int, int], index: int, clip: bool) -> torch.Tensor:
     """Checks (and with `clip`, clips) the pixel boxes of image `index`; returns them as float32.
 
-    Negative widths or heights are always an error: they mean the boxes are not `x1, y1, x2, y2`
-    (for example `x, y, w, h` or normalised centre format) and clipping would hide that.
+    Negative widths or heights beyond `LEGACY_BOX_SLACK` of the image side are always an error: they
+    mean the boxes are not `x1, y1, x2, y2` (for example `x, y, w, h` or normalised centre format) and
+    clipping would hide that.
     """
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(
@@ -105,7 +111,7 @@ def validate_boxes(boxes: torch.Tensor, image_size: tuple[int, int], index: int,
     if height <= 0 or width <= 0:
         raise ValueError(f"image_sizes[{index}] = {tuple(image_size)}; expected a positive (height, width).")
     widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    bad = torch.nonzero((widths < 0) | (heights < 0)).flatten()
+    bad = torch.nonzero((widths < -LEGACY_BOX_SLACK * width) | (heights < -LEGACY_BOX_SLACK * height)).flatten()
     if bad.numel():
         row = int(bad[0])
         raise ValueError(

@@ -204,6 +204,16 @@ class OscarProcessor(ProcessorMixin):
         processor._source_folder = os.fspath(pretrained_model_name_or_path)
         return loaded
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """As `ProcessorMixin.save_pretrained`. Saving writes `auto_map` onto the processor to put it in the
+        config file; it is removed again so that a saved processor equals itself reloaded."""
+        had_auto_map = "auto_map" in self.__dict__
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            if not had_auto_map:
+                self.__dict__.pop("auto_map", None)
+
     def to_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # Keep the detector (a model) out of the deep copy the base class makes of every attribute.
         detector = self.__dict__.pop("_detector", None)
