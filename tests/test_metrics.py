@@ -400,6 +400,29 @@ def test_modules_load_offline_by_path_and_helper():
         metric_path("bleu")
 
 
+@pytest.mark.parametrize(
+    ("predictions", "references"),
+    [
+        ([1, 0, 1, 1], ["True", "False", "False", "True"]),  # model output vs the NLVR2 files' spelling
+        (["True", "False", "True", "True"], [1, 0, 0, 1]),
+        (["True", "false", "True", "True"], ["True", "False", "False", "true"]),
+        ([True, False, True, True], [1, 0, 0, 1]),
+    ],
+    ids=["int-vs-str", "str-vs-int", "str-vs-str", "bool-vs-int"],
+)
+def test_nlvr2_module_reads_labels_spelled_as_in_the_files(predictions, references, monkeypatch):
+    import evaluate
+    from support import REPO_ROOT
+
+    monkeypatch.chdir(REPO_ROOT)  # the relative path users load the module by from a checkout
+    nlvr2 = evaluate.load("./metrics/nlvr2_accuracy")
+    identifiers = ["dev-1-0-0", "dev-1-1-0", "dev-2-0-1", "dev-2-1-1"]
+    result = nlvr2.compute(predictions=predictions, references=references, identifiers=identifiers)
+    assert result == {"accuracy": 0.75, "consistency": 0.5}
+    with pytest.raises(ValueError, match="expected an NLVR2 label"):
+        nlvr2.compute(predictions=[1, 0], references=["yes", "no"])
+
+
 def test_module_docstring_examples():
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
