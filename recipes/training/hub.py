@@ -97,7 +97,7 @@ def describe_training(
     entry = get_task(task)
     verb = "pre-trained" if task == "pretraining" else "fine-tuned"
     start = f"{verb} from `{base_model}`" if base_model else "trained from a random initialisation"
-    data = f" on the {train_split} split of {dataset}" if dataset else f" on a {train_split} split"
+    data = f" on the {train_split} split of {dataset or 'its training data'}"
     length = ""
     if steps is not None:
         details = [f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else None]

@@ -739,7 +739,7 @@ def export(
         description = describe_training(
             task,
             base_model=args.model_name_or_path,
-            dataset=dataset_name or dataset_id,
+            dataset=dataset_id,  # the recipes' dataset_name names the evaluated set
             train_split=args.train_split,
             steps=train_result.global_step if train_result is not None else None,
             epochs=train_result.epochs if train_result is not None else None,
