@@ -189,6 +189,13 @@ class VinVLImageProcessor(BaseImageProcessor):
         self.size_divisibility = int(size_divisibility)
         self.max_image_pixels = int(max_image_pixels)
 
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        # transformers 5 drops None values that have no class-level default; `max_size=None` (no bound on
+        # the long side) must survive a save instead of coming back as 1000.
+        output["max_size"] = self.max_size
+        return output
+
     # --- one image ----------------------------------------------------------------------------------
 
     def to_rgb(self, image: Any, index: int = 0) -> Image.Image:

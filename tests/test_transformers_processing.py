@@ -16,16 +16,20 @@ Every skip below states why the test cannot apply to Oscar.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
+import textwrap
 import unittest
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support import parity_fixture_dir
+from safetensors.torch import load_file
+from support import parity_fixture_dir, run_isolated
 from support.transformers_tests import sdist_test_modules
 from transformers import BertTokenizerFast
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
@@ -69,6 +73,51 @@ def local_photo() -> Image.Image:
     except ImportError:
         return Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 451, 3), dtype=np.uint8))
     return Image.fromarray(data.chelsea())
+
+
+# `test_pil_can_run_without_torchvision`, applied: the saved folder loads as remote code (the flat file
+# next to its config) in a fresh interpreter where torchvision and this package cannot be imported,
+# and gives the same outputs. Inputs travel as .npz, outputs as safetensors.
+WITHOUT_TORCHVISION = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["torchvision"] = None  # `import torchvision` raises ImportError
+    import numpy as np
+    from safetensors.torch import save_file
+    from transformers import AutoImageProcessor
+
+    folder, inputs_path, outputs_path, call = sys.argv[1:]
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    arrays = np.load(inputs_path)
+    inputs = {}
+    for key in sorted(arrays.files, key=lambda k: int(k.rsplit("_", 1)[1])):
+        inputs.setdefault(key.rsplit("_", 1)[0], []).append(arrays[key])
+    outputs = processor(**inputs, **json.loads(call))
+    save_file({k: v.contiguous() for k, v in outputs.items()}, outputs_path)
+    print("RESULT " + json.dumps(type(processor).__name__))
+    """
+)
+
+
+def assert_runs_without_torchvision(processor, inputs: dict[str, list[np.ndarray]], **call) -> None:
+    type(processor).register_for_auto_class("AutoImageProcessor")  # the flat file travels with the folder
+    expected = processor(**inputs, **call)
+    with tempfile.TemporaryDirectory() as folder:
+        processor.save_pretrained(folder)
+        arrays = {
+            f"{name}_{i}": np.asarray(value) for name, values in inputs.items() for i, value in enumerate(values)
+        }
+        np.savez(Path(folder) / "inputs.npz", **arrays)
+        outputs_path = Path(folder) / "outputs.safetensors"
+        name = run_isolated(
+            WITHOUT_TORCHVISION, folder, str(Path(folder) / "inputs.npz"), str(outputs_path), json.dumps(call),
+            workdir=Path(folder) / "work",
+        )  # fmt: skip
+        outputs = load_file(outputs_path)
+    assert name == type(processor).__name__
+    assert set(outputs) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(outputs[key], value, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,6 +177,71 @@ class VinVLImageProcessingTest(ImageProcessingTestMixin, unittest.TestCase):
         with mock.patch.object(image_processing_common, "load_test_image", lambda url: local_photo()):
             super().test_backends_equivalence()
 
+    def test_pil_can_run_without_torchvision(self):
+        processor = VinVLImageProcessor(**self.image_processor_dict)
+        images = self.image_processor_tester.prepare_image_inputs(equal_resolution=False, numpify=True)
+        assert_runs_without_torchvision(processor, {"images": images})
+
+    def test_can_compile_torchvision_backend(self):
+        self.skipTest(
+            "VinVL's transform is the original's PIL resize (the torchvision name is registered to the same PIL "
+            "class): there is no torchvision transform to compile"
+        )
+
+    def test_image_processor_preprocess_arguments(self):
+        # Ours refuse unknown arguments with a TypeError naming them (the mixin accepts a warning).
+        images = self.image_processor_tester.prepare_image_inputs()
+        with self.assertRaisesRegex(TypeError, "extra_argument"):
+            VinVLImageProcessor(**self.image_processor_dict)(images, extra_argument=True)
+
+    def test_override_instance_attributes_does_not_affect_other_instances(self):
+        # The mixin's check on `size` / `image_mean`, applied to VinVL's mutable settings.
+        first, second = VinVLImageProcessor(), VinVLImageProcessor()
+        first.pixel_mean[0], first.pixel_std[0] = -1.0, -1.0
+        self.assertEqual(second.pixel_mean, VinVLImageProcessor().pixel_mean)
+        self.assertEqual(second.pixel_std, VinVLImageProcessor().pixel_std)
+
+    def test_fast_image_processor_explicit_none_preserved(self):
+        # VinVL's one option that takes None: `max_size=None` (no bound on the long side).
+        processor = VinVLImageProcessor(max_size=None)
+        self.assertIsNone(processor.to_dict()["max_size"])
+        with tempfile.TemporaryDirectory() as folder:
+            processor.save_pretrained(folder)
+            self.assertIsNone(VinVLImageProcessor.from_pretrained(folder).max_size)
+
+    def test_convert_to_rgb_mixed_input_batch(self, num_channels: int = 3):
+        pass  # replaced below by one test per channel count
+
+
+def _mixed_inputs_test(num_channels: int):
+    """The mixin's `test_convert_to_rgb_mixed_input_batch`: VinVL always converts to RGB (no flag to pass)."""
+
+    def test(self):
+        height, width = 40, 100
+        channels_last = np.random.default_rng(num_channels).integers(0, 256, (height, width, num_channels), np.uint8)
+        channels_first = np.ascontiguousarray(channels_last.transpose(2, 0, 1))
+        pil = Image.fromarray(channels_last[..., 0] if num_channels == 1 else channels_last)
+        images = [
+            pil,
+            channels_last,
+            channels_first,
+            torch.from_numpy(channels_last),
+            torch.from_numpy(channels_first),
+        ]
+        processor = VinVLImageProcessor(**self.image_processor_dict)
+        reference = processor(pil)["pixel_values"][0]
+        for image in images:  # every layout gives the pixels of the PIL image
+            torch.testing.assert_close(processor(image)["pixel_values"][0], reference, rtol=0, atol=0)
+        batch = processor(images)["pixel_values"]
+        self.assertEqual(tuple(batch.shape[:2]), (len(images), 3))
+
+    return test
+
+
+for _channels, _name in ((1, "0"), (3, "1"), (4, "2")):
+    setattr(VinVLImageProcessingTest, f"test_convert_to_rgb_mixed_input_batch_{_name}", _mixed_inputs_test(_channels))
+del VinVLImageProcessingTest.test_convert_to_rgb_mixed_input_batch
+
 
 # ------------------------------------------------------------------------------------------------
 # OscarRegionFeatureProcessor: regions
@@ -166,6 +280,26 @@ class RegionFeatureProcessingTest(ImageProcessingTestMixin, unittest.TestCase):
     test_convert_to_rgb_mixed_input_batch_0 = skipped(REGIONS_NOT_PIXELS)
     test_convert_to_rgb_mixed_input_batch_1 = skipped(REGIONS_NOT_PIXELS)
     test_convert_to_rgb_mixed_input_batch_2 = skipped(REGIONS_NOT_PIXELS)
+    test_can_compile_torchvision_backend = skipped(REGIONS_NOT_PIXELS)
+    test_override_instance_attributes_does_not_affect_other_instances = skipped(
+        "the region processor's settings are ints, bools and a string: it has no mutable attribute to share"
+    )
+    test_fast_image_processor_explicit_none_preserved = skipped("no option of the region processor takes None")
+
+    def test_pil_can_run_without_torchvision(self):
+        rng = np.random.default_rng(0)
+        inputs = {
+            "region_features": [rng.random((n, 8), dtype=np.float32) for n in (2, 7)],
+            "boxes": [np.array([[0, 0, 10, 20], [5, 5, 30, 40]] * n, np.float32)[:n] for n in (2, 7)],
+            "image_sizes": [np.array([40, 30]), np.array([50, 60])],
+        }
+        assert_runs_without_torchvision(OscarRegionFeatureProcessor(**self.image_processor_dict), inputs)
+
+    def test_image_processor_preprocess_arguments(self):
+        # Ours refuse unknown arguments with a TypeError naming them (the mixin accepts a warning).
+        processor = OscarRegionFeatureProcessor(**self.image_processor_dict)
+        with self.assertRaisesRegex(TypeError, "extra_argument"):
+            processor([np.ones((2, 14), np.float32)], extra_argument=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -276,3 +410,14 @@ class OscarProcessorTest(ProcessorTesterMixin, unittest.TestCase):
     test_call_arguments_default_none = skipped(LAYOUT_ARGUMENTS)
     test_call_arguments_not_in_attributes = skipped(LAYOUT_ARGUMENTS)
     test_call_arguments_not_in_processor_kwargs = skipped(LAYOUT_ARGUMENTS)
+
+
+# Oscar prompts are the original layouts (text, tags, regions after the text): no chat template and no
+# image placeholder tokens; the mixin's tests of those (audio and video ones included) cannot apply.
+NO_CHAT_TEMPLATE = "OscarProcessor has no chat template: its inputs are the original text / tags / regions layouts"
+NO_PLACEHOLDERS = "Oscar has no image placeholder tokens in the text: the regions follow the text tokens"
+for _name in dir(ProcessorTesterMixin):
+    if _name.startswith("test_") and "chat_template" in _name:
+        setattr(OscarProcessorTest, _name, skipped(NO_CHAT_TEMPLATE))
+    elif _name.startswith(("test_get_num_multimodal_tokens", "test_replacement_offsets")):
+        setattr(OscarProcessorTest, _name, skipped(NO_PLACEHOLDERS))
