@@ -1,7 +1,7 @@
 """Speed and memory benchmarks of Oscar against peers and against the machine's GEMM rate.
 
     python benchmarks/run.py --suite cpu            # full CPU suite (about 15-20 min on 2 cores)
-    python benchmarks/run.py --suite cpu --quick    # tiny sizes, a smoke test (< 1 min)
+    python benchmarks/run.py --suite cpu --quick    # tiny sizes, a smoke test (< 1 min): not results
     python benchmarks/run.py --suite cpu --only padding,decoding   # some CPU sections only
     python benchmarks/run.py --suite gpu            # CUDA device, bf16 (< 8 min on an H100/H200)
 
@@ -263,7 +263,11 @@ QUICK_NOTE = (
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every code path")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes: a smoke test of every code path (its numbers are not results)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: benchmarks/out)")
     parser.add_argument(
         "--device", default="cuda", help="gpu suite only: device to run on ('cpu' exercises the code without a GPU)"
