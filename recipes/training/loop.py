@@ -90,6 +90,11 @@ class RecipeArguments:
     def __post_init__(self) -> None:
         if self.gradient_accumulation_steps < 1:
             raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be >= 1.")
+        if self.logging_steps < 1:
+            raise ValueError(
+                f"logging_steps={self.logging_steps}; expected a positive number of optimizer steps between "
+                "train_log.jsonl records (1 = every step)."
+            )
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (e.g. 'your-name/oscar-base-vqa').")
         if self.resume_from_checkpoint not in (None, "latest") and not Path(self.resume_from_checkpoint).is_dir():
@@ -587,8 +592,6 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    if args.logging_steps < 1:
-        raise ValueError(f"logging_steps={args.logging_steps}; expected a positive number of optimizer steps.")
     checkpoint_objects = list(checkpoint_objects)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
