@@ -33,7 +33,7 @@ import transformers
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache, StaticCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
@@ -232,6 +232,124 @@ class KeyLayout:
     row_copies: int = 1
 
 
+class _SlottedLayer(DynamicLayer):
+    """One layer of `OscarDecodingCache`: keys and values live in storage with room to grow.
+
+    `update` writes new persistent keys in place after the cached ones (a `DynamicLayer`
+    concatenates, copying the whole cache every step); `with_transient` writes the step's `[MASK]`
+    key into the slot right after them and returns views that include it. The next step's real token
+    sits at that `[MASK]` position, so it simply overwrites the slot.
+    """
+
+    # Free slots allocated beyond what a step needs: original captions stop at 20 tokens, so most
+    # decodes never reallocate after the prefill.
+    spare_slots = 32
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.length = 0
+        self._keys = self._values = None  # (batch, heads, capacity, head_dim)
+
+    def _reserve(self, sample: torch.Tensor, needed: int) -> None:
+        if self._keys is not None and self._keys.shape[2] >= needed and self._keys.shape[0] == sample.shape[0]:
+            return
+        batch, heads, _, head_dim = sample.shape
+        capacity = needed + self.spare_slots
+        keys = sample.new_empty(batch, heads, capacity, head_dim)
+        values = sample.new_empty(batch, heads, capacity, head_dim)
+        if self._keys is not None and self.length > 0:
+            keys[:, :, : self.length] = self._keys[:, :, : self.length]
+            values[:, :, : self.length] = self._values[:, :, : self.length]
+        self._keys, self._values = keys, values
+        self.device, self.dtype = sample.device, sample.dtype
+        self.is_initialized = True
+
+    def _publish(self) -> None:
+        # `keys`/`values` are what transformers' code reads: views of the used slots.
+        self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        new = key_states.shape[2]
+        self._reserve(key_states, self.length + new + 1)  # + 1: the transient [MASK] slot
+        self._keys[:, :, self.length : self.length + new] = key_states
+        self._values[:, :, self.length : self.length + new] = value_states
+        self.length += new
+        self._publish()
+        return self.keys, self.values
+
+    def with_transient(self, key_states: torch.Tensor, value_states: torch.Tensor):
+        """The cached keys followed by this step's transient ones (written to the free slots, not kept)."""
+        new = key_states.shape[2]
+        self._reserve(key_states, self.length + new)
+        self._keys[:, :, self.length : self.length + new] = key_states
+        self._values[:, :, self.length : self.length + new] = value_states
+        end = self.length + new
+        return self._keys[:, :, :end], self._values[:, :, :end]
+
+    def get_seq_length(self, *args, **kwargs) -> int:
+        return self.length
+
+    def _select_rows(self, rows: torch.LongTensor | slice) -> None:
+        if self._keys is not None:
+            self._keys, self._values = self._keys[rows], self._values[rows]
+            self._publish()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self._keys is not None:
+            beam_idx = beam_idx.to(self._keys.device)
+            self._keys, self._values = self._keys.index_select(0, beam_idx), self._values.index_select(0, beam_idx)
+            self._publish()
+
+    def reorder_rows_after(self, beam_idx: torch.LongTensor, start: int) -> None:
+        """Reorders only slots `start:` (the caption): the slots before are equal in every row of a group."""
+        if self._keys is not None and self.length > start:
+            beam_idx = beam_idx.to(self._keys.device)
+            for storage in (self._keys, self._values):
+                storage[:, :, start : self.length] = storage[:, :, start : self.length].index_select(0, beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self._keys is not None:
+            self._keys = self._keys.repeat_interleave(repeats, dim=0)
+            self._values = self._values.repeat_interleave(repeats, dim=0)
+            self._publish()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._select_rows(indices)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove < 0:  # transformers 5 passes minus the count; 4.x the length to keep
+            self.length = max(0, self.length + tokens_to_remove)
+        else:
+            self.length = min(self.length, tokens_to_remove)
+        if self._keys is not None:
+            self._publish()
+
+    def reset(self) -> None:
+        self.length = 0
+        self._keys = self._values = self.keys = self.values = None
+        self.is_initialized = False
+
+
+class OscarDecodingCache(DynamicCache):
+    """The key/value cache `OscarForImageCaptioning.generate()` uses by default.
+
+    A `DynamicCache` whose layers keep their keys in growing storage (`_SlottedLayer`): each decoding
+    step writes `w_t` and the transient `[MASK]` key in place instead of concatenating twice, and
+    beam re-ordering (`reorder_beams`) moves only the caption slots, because the tags and regions
+    before them are the same in every beam of an image. Any other cache works too, with copies.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.layer_class_to_replicate = _SlottedLayer
+        self.shared_length = 0  # leading slots equal across the beams of an image (tags + regions)
+
+    def reorder_beams(self, beam_idx: torch.LongTensor) -> None:
+        """Re-orders rows for beam search where every row moves within its image's group of beams."""
+        for layer in self.layers:
+            layer.reorder_rows_after(beam_idx, self.shared_length)
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -298,8 +416,13 @@ class OscarSelfAttention(nn.Module):
             cached_key, cached_value = cache.update(
                 key[:, :, :keep], value[:, :, :keep], self.layer_idx, {"cache_position": position}
             )
-            key = torch.cat([cached_key, key[:, :, keep:]], dim=2)
-            value = torch.cat([cached_value, value[:, :, keep:]], dim=2)
+            if keep == key.shape[2]:
+                key, value = cached_key, cached_value
+            elif isinstance(cache, OscarDecodingCache):  # the transient keys go in place, no copy
+                key, value = cache.layers[self.layer_idx].with_transient(key[:, :, keep:], value[:, :, keep:])
+            else:
+                key = torch.cat([cached_key, key[:, :, keep:]], dim=2)
+                value = torch.cat([cached_value, value[:, :, keep:]], dim=2)
 
         attention = _attention_function(self.config._attn_implementation, output_attentions)
         context, probs = attention(
@@ -1595,7 +1718,7 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
         if not use_cache:
             cache = None
         elif cache is None:
-            cache = DynamicCache()
+            cache = OscarDecodingCache()
         batch, text_len, _ = _text_shape(input_ids, inputs_embeds)
         checks = []
         if labels is not None:
@@ -1817,6 +1940,8 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
                 cache_position=torch.arange(num_cached, device=device),
             ),
         )
+        if isinstance(cache, OscarDecodingCache):
+            cache.shared_length = num_context  # tags and regions come first in the cache
         copies = decoding_row_copies
         if (
             copies > 1
@@ -1863,7 +1988,22 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
             kwargs = self._with_static_cache(generation_config, kwargs, *args)
         elif cache_implementation is not None:
             kwargs["cache_implementation"] = cache_implementation
+        elif (
+            kwargs.get("cache") is None
+            and kwargs.get("past_key_values") is None
+            and kwargs.get("use_cache", generation_config.use_cache) is not False
+        ):
+            kwargs[_CACHE_NAME] = OscarDecodingCache()
         return super().generate(*args, **kwargs)
+
+    def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
+        """Beam search's re-ordering hook: beams move within their image, so `OscarDecodingCache`
+        moves only the caption slots."""
+        if isinstance(cache, OscarDecodingCache):
+            cache.reorder_beams(beam_idx)
+        else:
+            cache.reorder_cache(beam_idx)
+        return cache
 
     def _check_generate_inputs(
         self, prompt: torch.Tensor | None, kwargs: dict, generation_config, original_decoding: bool
@@ -2025,7 +2165,7 @@ class _OriginalSearch:
             return None if x is None else x.repeat_interleave(self.num_beams, dim=0)
 
         model_kwargs = {key: rep(value) for key, value in context.items()}
-        model_kwargs.update(use_cache=self.use_cache, cache=DynamicCache() if self.use_cache else None)
+        model_kwargs.update(use_cache=self.use_cache, cache=OscarDecodingCache() if self.use_cache else None)
         # With the cache, tags, regions and [CLS] are encoded once per image, then copied to the beams.
         model_kwargs["decoding_row_copies"] = self.num_beams
         if attention_mask is not None:
@@ -2108,7 +2248,7 @@ class _OriginalSearch:
             if model_kwargs.get("cache") is not None:
                 # Beams only move within their example, whose context rows are equal: only the
                 # cache needs the new order (the original's cached path forgot even this).
-                model_kwargs["cache"].reorder_cache(rows)
+                model_kwargs["cache"].reorder_beams(rows)
             else:
                 for key in (
                     "img_feats",
