@@ -26,6 +26,7 @@ import inspect
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -1956,7 +1957,16 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
             step["key_layout"].row_copies = copies
         return step
 
-    def generate(self, *args, original_decoding: bool | None = None, **kwargs):
+    def generate(
+        self,
+        *args,
+        original_decoding: bool | None = None,
+        use_cbs: bool = False,
+        fsm: Any = None,
+        num_constraints: Any = None,
+        min_constraints_to_satisfy: int = 2,
+        **kwargs,
+    ):
         """`GenerationMixin.generate`, plus `original_decoding=True` for the original greedy/beam search.
 
         The original search (what the paper's numbers used) keeps 2 candidates per beam, scores a
@@ -1969,7 +1979,14 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
         `cache_implementation="static"` gets a static cache sized for tags + regions + caption.
         Assisted and prompt-lookup decoding are refused: each step predicts the one `[MASK]` slot,
         so there are no logits at candidate positions to verify.
+
+        `use_cbs=True` runs the original NoCaps constrained beam search (`cbs_oscar.py`) instead: `fsm`
+        holds one `ConstraintFSM` per image (`oscar_hf.processors.cbs_constraints`) or the original's
+        dense tensor with `num_constraints`, and the caption is the best beam of a state satisfying
+        at least `min_constraints_to_satisfy` constraints.
         """
+        if use_cbs:
+            return self._generate_constrained(fsm, num_constraints, min_constraints_to_satisfy, *args, **kwargs)
         generation_config = kwargs.get("generation_config") or self.generation_config
         if original_decoding is None:
             original_decoding = bool(getattr(generation_config, "original_decoding", False))
@@ -2004,6 +2021,48 @@ class OscarForImageCaptioning(_OscarWithLMHead, GenerationMixin):
         else:
             cache.reorder_cache(beam_idx)
         return cache
+
+    def _generate_constrained(
+        self, fsm: Any, num_constraints: Any, min_constraints_to_satisfy: int, input_ids=None, **kwargs
+    ):
+        """`generate(use_cbs=True)`: the constrained beam search on the caption prompt's inputs."""
+        from .cbs_oscar import constrained_beam_search
+
+        if fsm is None:
+            raise ValueError(
+                "use_cbs=True needs fsm=: one ConstraintFSM per image (oscar_hf.processors.cbs_constraints)."
+            )
+        generation_config = kwargs.pop("generation_config", None) or self.generation_config
+        return_dict = kwargs.pop("return_dict_in_generate", generation_config.return_dict_in_generate)
+        kwargs.pop("attention_mask", None)  # the [CLS] prompt's mask: the search builds its own masks
+        kwargs.pop("original_decoding", None)
+        search = {
+            name: kwargs.pop(name)
+            for name in ("img_feats", "img_attention_mask", "tag_input_ids", "tag_attention_mask", "tag_position_ids")
+            if name in kwargs
+        }
+        num_beams = kwargs.pop("num_beams", None) or generation_config.num_beams
+        max_length = kwargs.pop("max_length", None) or generation_config.max_length
+        use_cache = bool(kwargs.pop("use_cache", False))
+        if kwargs:
+            raise ValueError(
+                f"generate(use_cbs=True) does not take {sorted(kwargs)}; the constrained search takes the caption "
+                "prompt (input_ids, img_feats, tag inputs), num_beams, max_length and use_cache."
+            )
+        out = constrained_beam_search(
+            self,
+            fsm=fsm,
+            num_constraints=num_constraints,
+            min_constraints_to_satisfy=min_constraints_to_satisfy,
+            input_ids=input_ids,
+            num_beams=num_beams,
+            max_length=max_length,
+            use_cache=use_cache,
+            bos_token_id=generation_config.bos_token_id,
+            eos_token_id=generation_config.eos_token_id,
+            **search,
+        )
+        return out if return_dict else out.sequences
 
     def _check_generate_inputs(
         self, prompt: torch.Tensor | None, kwargs: dict, generation_config, original_decoding: bool

@@ -214,3 +214,19 @@ def test_bad_arguments_name_the_fix():
         constrained_beam_search(model, fsm=fsms, num_constraints=[0, 0], **kwargs)
     with pytest.raises(ValueError, match="one token per image"):
         constrained_beam_search(model, fsm=fsms, input_ids=torch.ones(2, 3, dtype=torch.long), **kwargs)
+
+
+def test_generate_use_cbs_runs_the_constrained_search():
+    name = next(iter(CASES))
+    model, inputs, _ = load_case(name)
+    kwargs = decode_inputs(CASES[name], inputs)
+    m = CASES[name]["min_constraints_to_satisfy"][0]
+    expected = decoded(name, m, None)
+    model.generation_config.bos_token_id = kwargs.pop("bos_token_id")
+    model.generation_config.eos_token_id = kwargs.pop("eos_token_id")
+    got = model.generate(use_cbs=True, fsm=fixture_fsms(inputs), min_constraints_to_satisfy=m, **kwargs)
+    assert torch.equal(got, expected.sequences)
+    with pytest.raises(ValueError, match="needs fsm="):
+        model.generate(use_cbs=True, **kwargs)
+    with pytest.raises(ValueError, match="does not take"):
+        model.generate(use_cbs=True, fsm=fixture_fsms(inputs), do_sample=True, **kwargs)
