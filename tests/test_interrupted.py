@@ -120,6 +120,16 @@ DETECTOR_MODULE = textwrap.dedent(
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The killed runs use one thread (OMP_NUM_THREADS=1); the in-process runs they are compared with
+    bit for bit must too, since the thread count changes the summation order of the kernels."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def kill_when_hooked(tmp_path: Path, hook: str, target: str, argv: list[str], timeout: float = 300) -> None:
     """Start the runner, wait until it reaches the hook, SIGKILL it."""
     runner, marker = tmp_path / "runner.py", tmp_path / f"marker-{hook}"
