@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 from support import TF457_TARGET, fixture_folder, run_isolated
-from support.folders import real_tokenizer, sample_photos
+from support.folders import real_tokenizer, sample_photos, tiny_pipeline_config
+from support.folders import tiny_processor as folders_processor
 
 
 pytest.importorskip("torchvision", reason="the VinVL detector needs torchvision (RoIAlign, NMS)")
 
 from oscar_hf import OscarConfig, OscarForImageCaptioning, OscarForSequenceClassification  # noqa: E402
 from oscar_hf.convert_vinvl_detector import convert  # noqa: E402
-from oscar_hf.processors import OscarProcessor, OscarRegionFeatureProcessor  # noqa: E402
+from oscar_hf.processors import OscarProcessor  # noqa: E402
 from oscar_hf.processors.detection_oscar import VinVLDetectorAdapter  # noqa: E402
 from oscar_hf.registration import PIPELINE_CODE_FILES, export_pipeline_folder  # noqa: E402
 
@@ -39,29 +40,11 @@ def detector_folder(root: Path) -> Path:
 
 
 def tiny_config(tokenizer, **overrides) -> OscarConfig:
-    values = dict(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        img_feature_dim=FEATURE_DIM + 6,
-        max_position_embeddings=64,
-        max_caption_length=12,
-        max_tag_length=8,
-        max_img_seq_length=10,
-        mask_token_id=tokenizer.mask_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    values.update(overrides)
-    return OscarConfig(**values)
+    return tiny_pipeline_config(tokenizer, feature_dim=FEATURE_DIM, **overrides)
 
 
 def tiny_processor(tokenizer, **kwargs) -> OscarProcessor:
-    regions = OscarRegionFeatureProcessor(region_feature_dim=FEATURE_DIM, max_img_seq_length=10)
-    return OscarProcessor(regions, tokenizer, max_seq_length=24, max_caption_length=12, max_tag_length=8, **kwargs)
+    return folders_processor(tokenizer, feature_dim=FEATURE_DIM, **kwargs)
 
 
 @pytest.fixture(scope="module")

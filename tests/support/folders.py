@@ -50,8 +50,8 @@ def tiny_detector(min_boxes: int = 3, max_boxes: int = 8, **kwargs):
     return TransformersDetector(model, image_processor, min_boxes=min_boxes, max_boxes=max_boxes, **kwargs)
 
 
-def tiny_pipeline_config(tokenizer, **overrides):
-    """A tiny `OscarConfig` matching the tiny detector's region width and the real tokenizer."""
+def tiny_pipeline_config(tokenizer, feature_dim: int = DETECTOR_WIDTH, **overrides):
+    """A tiny `OscarConfig` for regions `feature_dim` wide (the tiny detector's) and the real tokenizer."""
     from oscar_hf import OscarConfig
 
     values = dict(
@@ -60,7 +60,7 @@ def tiny_pipeline_config(tokenizer, **overrides):
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=37,
-        img_feature_dim=DETECTOR_WIDTH + 6,
+        img_feature_dim=feature_dim + 6,
         max_position_embeddings=64,
         max_caption_length=12,
         max_tag_length=8,
@@ -95,10 +95,10 @@ def tiny_models(tokenizer) -> dict:
     }
 
 
-def tiny_processor(tokenizer, **kwargs):
+def tiny_processor(tokenizer, feature_dim: int = DETECTOR_WIDTH, **kwargs):
     from oscar_hf.processors import OscarProcessor, OscarRegionFeatureProcessor
 
-    regions = OscarRegionFeatureProcessor(region_feature_dim=DETECTOR_WIDTH, max_img_seq_length=10)
+    regions = OscarRegionFeatureProcessor(region_feature_dim=feature_dim, max_img_seq_length=10)
     return OscarProcessor(regions, tokenizer, max_seq_length=24, max_caption_length=12, max_tag_length=8, **kwargs)
 
 
