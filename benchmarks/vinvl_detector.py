@@ -7,16 +7,20 @@ image (the extraction recipe: NMS filter 1, proposals as boxes), CPU threads as 
 its own process so that its peak RSS is its own:
 
 - `original fp32`: what the original computes (`OriginalComputeDetector` below): contiguous NCHW
-  convolutions, res5 run twice (300 proposals, then again on the kept boxes for the attribute head), one
-  Python-level NMS call per class in the post-processing;
-- `ours fp32`: the default path (channels-last, res5 output of the proposals reused, all classes' NMS at once);
+  convolutions each followed by a separate frozen-BN step, res5 on all 300 proposals at once and again
+  on the kept boxes for the attribute head, one Python-level NMS call per class in the post-processing;
+- `ours fp32`: the default path (BN folded into the convolutions, channels-last, res5 in chunks of 32
+  RoIs, res5 output of the proposals reused, all classes' NMS at once);
 - `ours bf16`: the same under `torch.autocast("cpu", dtype=torch.bfloat16)`;
 - `ours fp32 batched`: two images in one zero-padded batch vs one by one (seconds per image).
 
 Reported: seconds per image, the per-stage split (backbone, RPN, res5 box head on proposals,
 post-processing, attribute head), peak RSS, the fast path's ratio against the original, whether the fp32
 outputs are identical (labels, boxes, features), and what bf16 changes (box IoU and label agreement against
-fp32, feature differences). `--quick` uses the reduced test sizes (about a minute, mostly process start-up): its numbers are a
+fp32, feature differences). Each variant also measures, in its own process, the machine's matrix-product
+rate (2048^3, its dtype) and counts the forward's FLOPs (`torch.utils.flop_counter`, almost all of them
+convolutions): `compute floor` = FLOPs / that rate, the time a forward would take if every FLOP ran at
+the matrix-product rate, and `share of GEMM rate` = floor / measured time. `--quick` uses the reduced test sizes (about a minute, mostly process start-up): its numbers are a
 smoke test, not results.
 """
 
@@ -79,6 +83,8 @@ def build_model(variant: str, quick: bool):
         **({"min_size_test": 160, "max_size_test": 256} if quick else {}),
         channels_last=not original,
         reuse_proposal_features=not original,
+        fold_batchnorm=not original,
+        roi_head_chunk_size=0 if original else 32,
     )
     torch.manual_seed(0)
     model = (original_compute_detector() if original else VinVLDetector)(config).eval()
@@ -166,12 +172,21 @@ def run_variant(variant: str, quick: bool, repeats: int, dump: Path) -> dict:
         output = once()
     total = (time.perf_counter() - start) / repeats
     per_image = len(images)
+    stages = {k: v / repeats / per_image for k, v in timer.seconds.items()}  # before the untimed forward below
+    bf16 = "bf16" in variant
+    # Autocast does not change what is computed: bf16 takes the FLOP count of the fp32 run (one forward less).
+    flops, gemm_rate = (
+        None if bf16 else forward_flops(once),
+        gemm_rate_flops(torch.bfloat16 if bf16 else torch.float32),
+    )
     result = {
         "variant": variant,
         "images_per_forward": per_image,
         "seconds_per_image": total / per_image,
-        "stages_seconds_per_image": {k: v / repeats / per_image for k, v in timer.seconds.items()},
+        "stages_seconds_per_image": stages,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "flops_per_image": None if flops is None else flops / per_image,
+        "gemm_gflops_per_second": gemm_rate / 1e9,
         "detections": [len(b) for b in output.boxes],
     }
     torch.save(
@@ -184,6 +199,52 @@ def run_variant(variant: str, quick: bool, repeats: int, dump: Path) -> dict:
         dump,
     )
     return result
+
+
+def forward_flops(forward) -> float:
+    """FLOPs of one (untimed) forward, as `torch.utils.flop_counter` counts them (convolutions, matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        forward()
+    return float(counter.get_total_flops())
+
+
+def gemm_rate_flops(dtype: torch.dtype, reps: int = 5) -> float:
+    """The machine's matrix-product rate now, in this process: median of `reps` n^3 products."""
+    from bench_lib import gemm_callable, gemm_flops, interleaved, median
+
+    # 2048^3 saturates fp32; CPUs without native bf16 run bf16 products at well under 1 GFLOP/s, where
+    # 2048^3 would take a minute per product, so bf16 uses 512^3.
+    n = 2048 if dtype == torch.float32 else 512
+    seconds = median(interleaved({"gemm": gemm_callable(n, dtype)}, reps=reps)["gemm"])
+    return gemm_flops(n) / seconds
+
+
+def run_paired(quick: bool, repeats: int) -> dict:
+    """The headline ratio: the original's computation and ours in ONE process, timed interleaved (the
+    order rotated each repetition), so that both see the same machine state; paired per repetition."""
+    from bench_lib import interleaved, median, paired_ratio
+
+    from oscar_hf.processors.image_processing_vinvl import VinVLImageProcessor
+
+    models = {variant: build_model(variant, quick) for variant in ("original fp32", "ours fp32")}
+    config = models["ours fp32"].config
+    processor = VinVLImageProcessor(min_size=config.min_size_test, max_size=config.max_size_test)
+    features = processor(test_images(quick, 1))
+
+    def forward(variant: str):
+        with torch.inference_mode():
+            return models[variant](**features)
+
+    times = interleaved({v: (lambda v=v: forward(v)) for v in models}, reps=repeats, warmup=1)
+    gemm_rates = [gemm_rate_flops(torch.float32, reps=3) for _ in range(2)]
+    return {
+        "seconds_per_image": {v: median(t) for v, t in times.items()},
+        "times_s": times,
+        "speedup_ours_vs_original": paired_ratio(times["original fp32"], times["ours fp32"]),
+        "gemm_gflops_per_second": [r / 1e9 for r in gemm_rates],
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -216,7 +277,11 @@ def compare_bf16(fp32: dict, bf16: dict) -> dict:
     for boxes32, labels32, feats32, boxes16, labels16, feats16 in zip(
         fp32["boxes"], fp32["labels"], fp32["features"], bf16["boxes"], bf16["labels"], bf16["features"]
     ):
-        best_iou, best = box_iou(boxes16, boxes32).max(1)
+        iou = box_iou(boxes16, boxes32)
+        # Zero-area boxes (random weights make some) have IoU 0/0: count them as matching when equal.
+        undefined = iou.isnan()
+        iou[undefined] = (boxes16[:, None] == boxes32[None]).all(-1)[undefined].float()
+        best_iou, best = iou.max(1)
         ious.append(best_iou)
         agree.append((labels16 == labels32[best]).float())
         close = best_iou > 0.99
@@ -242,29 +307,62 @@ def compare_bf16(fp32: dict, bf16: dict) -> dict:
 VARIANTS = ("original fp32", "ours fp32", "ours bf16", "ours fp32 batched")
 
 
+def _share_of_gemm(row: dict) -> float | None:
+    """Useful FLOPs per second as a share of the GEMM rate measured in the same process."""
+    if row.get("flops_per_image") is None:
+        return None
+    return row["flops_per_image"] / row["seconds_per_image"] / (row["gemm_gflops_per_second"] * 1e9)
+
+
 def to_markdown(results: dict) -> str:
+    def fmt(value, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
     lines = [
         "# VinVL detector on CPU: native vs the original's computation",
         "",
         f"{'QUICK SIZES: a smoke test, not results. ' if results['quick'] else ''}"
         f"{results['setting']}. Machine: {results['machine']}; load average at start {results['load_average']}.",
         "",
-        "| variant | s / image | " + " | ".join(STAGES) + " | peak RSS (MB) | vs original fp32 |",
-        "| --- | --- | " + " | ".join("---" for _ in STAGES) + " | --- | --- |",
     ]
-    base = results["variants"].get("original fp32", {}).get("seconds_per_image", float("nan"))
+    paired = results.get("paired")
+    if paired:
+        seconds = paired["seconds_per_image"]
+        lines += [
+            f"**Headline, one process, interleaved ({len(paired['times_s']['ours fp32'])} repetitions):** "
+            f"original computation {seconds['original fp32']:.2f} s/image, ours {seconds['ours fp32']:.2f} s/image, "
+            f"**{paired['speedup_ours_vs_original']:.2f}x** (paired median). GEMM rate in that process: "
+            + ", ".join(f"{r:.1f}" for r in paired["gemm_gflops_per_second"])
+            + " GFLOP/s.",
+            "",
+        ]
+    lines += [
+        "Each variant in its own process (its own peak RSS; the machine's speed can differ between processes, "
+        "which the GEMM rate column shows):",
+        "",
+        "| variant | s / image | " + " | ".join(STAGES) + " | peak RSS (MB) | GFLOP / image | GEMM rate (GFLOP/s) "
+        "| compute floor (s) | share of GEMM rate |",
+        "| --- | --- | " + " | ".join("---" for _ in STAGES) + " | --- | --- | --- | --- | --- |",
+    ]
     for name, row in results["variants"].items():
         stages = " | ".join(f"{row['stages_seconds_per_image'][s]:.2f}" for s in STAGES)
+        flops = row.get("flops_per_image")
+        floor = None if flops is None else flops / (row["gemm_gflops_per_second"] * 1e9)
         lines.append(
             f"| {name} | {row['seconds_per_image']:.2f} | {stages} | {row['peak_rss_mb']:.0f} | "
-            f"{base / row['seconds_per_image']:.2f}x |"
+            f"{fmt(None if flops is None else flops / 1e9, '.0f')} | {row['gemm_gflops_per_second']:.1f} | "
+            f"{fmt(floor, '.2f')} | {fmt(_share_of_gemm(row), '.0%')} |"
         )
     lines += [
         "",
+        "compute floor = the forward's FLOPs / the GEMM rate: the time if every FLOP ran as fast as a large "
+        "matrix product. bf16 rows take no FLOP count (autocast computes the same FLOPs as fp32).",
+        "",
         "fp32 outputs, ours vs original (None: not both run): `" + json.dumps(results["fp32_identical"]) + "`",
         "",
+        "bf16 vs fp32 (ours): `" + json.dumps(results["bf16_effect"]) + "`",
+        "",
     ]
-    lines += ["bf16 vs fp32 (ours): `" + json.dumps(results["bf16_effect"]) + "`", ""]
     return "\n".join(lines)
 
 
@@ -275,13 +373,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="JSON results (a .md table is written beside it)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="subset to run")
+    parser.add_argument(
+        "--paired-repeats", type=int, default=3, help="interleaved repetitions of the headline ratio (0: skip it)"
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--paired", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dump", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     if args.variant:  # child process: one variant
         print("RESULT " + json.dumps(run_variant(args.variant, args.quick, args.repeats, args.dump)))
+        return
+    if args.paired:  # child process: the headline ratio
+        print("RESULT " + json.dumps(run_paired(args.quick, args.paired_repeats)))
         return
 
     results = {
@@ -297,17 +402,26 @@ def main() -> None:
         "variants": {},
     }
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    common = ["--threads", str(args.threads), "--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
+
+    def child(*flags: str) -> dict:
+        command = [sys.executable, __file__, *flags, *common, "--paired-repeats", str(args.paired_repeats)]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(flags)} failed:\n{done.stderr[-4000:]}")
+        return json.loads([line for line in done.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
+
+    if args.paired_repeats:
+        results["paired"] = child("--paired")
+        print(
+            "paired (one process): " + json.dumps(results["paired"]["seconds_per_image"]) + f", ours "
+            f"{results['paired']['speedup_ours_vs_original']:.2f}x",
+            flush=True,
+        )
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
             dump = Path(tmp) / f"{variant.replace(' ', '_')}.pt"
-            command = [sys.executable, __file__, "--variant", variant, "--dump", str(dump)]
-            command += ["--threads", str(args.threads), "--repeats", str(args.repeats)] + (
-                ["--quick"] if args.quick else []
-            )
-            done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-            if done.returncode != 0:
-                raise SystemExit(f"variant {variant!r} failed:\n{done.stderr[-4000:]}")
-            row = json.loads([line for line in done.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
+            row = child("--variant", variant, "--dump", str(dump))
             results["variants"][variant] = row
             print(
                 f"{variant:20s} {row['seconds_per_image']:.2f} s/image  peak RSS {row['peak_rss_mb']:.0f} MB",

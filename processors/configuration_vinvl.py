@@ -31,6 +31,12 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+def _non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} = {value!r}; expected an integer >= 0.")
+    return value
+
+
 def _probability(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} = {value!r}; expected a number in [0, 1].")
@@ -85,6 +91,11 @@ class VinVLDetectorConfig(PretrainedConfig):
         reuse_proposal_features: when the kept boxes are exactly pooled proposals (`ignore_box_regression`),
             the attribute head reuses their res5 output instead of running res5 again (identical numbers).
         channels_last: run the convolutions in channels-last memory format (faster on CPU with oneDNN).
+        fold_batchnorm: run each convolution + frozen BN pair as one convolution, BN folded into its weights
+            and bias (the same affine map in one pass; rounding differs at the 1e-7 relative level). False
+            computes as the original, BN as a separate step.
+        roi_head_chunk_size: RoIs per res5 pass (each RoI's result is independent of the others); bounds the
+            head's activation memory. 0 runs all RoIs at once (better on a GPU).
         id2label: class names, index 0 = background (from the label map; placeholders otherwise).
     """
 
@@ -134,6 +145,8 @@ class VinVLDetectorConfig(PretrainedConfig):
         pixel_std: Sequence[float] = (1.0, 1.0, 1.0),
         reuse_proposal_features: bool = True,
         channels_last: bool = True,
+        fold_batchnorm: bool = True,
+        roi_head_chunk_size: int = 32,
         id2label: dict[int, str] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -234,6 +247,8 @@ class VinVLDetectorConfig(PretrainedConfig):
             )
         self.reuse_proposal_features = bool(reuse_proposal_features)
         self.channels_last = bool(channels_last)
+        self.fold_batchnorm = bool(fold_batchnorm)
+        self.roi_head_chunk_size = _non_negative_int("roi_head_chunk_size", roi_head_chunk_size)
         if id2label is None:
             id2label = {0: "__background__", **{i: f"class_{i}" for i in range(1, self.num_classes)}}
         id2label = {int(k): str(v) for k, v in id2label.items()}

@@ -175,6 +175,7 @@ def test_outputs_are_in_original_pixels(detector, processor):
         ("stage_block_counts", (3, 4), "expected 3 counts"),
         ("id2label", {0: "bg", 1: "cat"}, "id2label has 2 entries but num_classes = 1595"),
         ("min_detections_per_image", 500, "expected 0 <= min <= max"),
+        ("roi_head_chunk_size", -1, "roi_head_chunk_size = -1; expected an integer >= 0"),
     ],
 )
 def test_config_validation(field, value, message):

@@ -328,3 +328,31 @@ def test_one_image_per_forward_is_the_default():
         alone = model(**processor(data["images"][i]))
         assert torch.equal(alone.labels[0], together.labels[i])
         torch.testing.assert_close(alone.region_features[0], together.region_features[i])
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {"fold_batchnorm": False, "channels_last": False, "roi_head_chunk_size": 0, "reuse_proposal_features": False},
+        {"roi_head_chunk_size": 1},
+        {"roi_head_chunk_size": 7},
+    ],
+    ids=["as-the-original-computes", "one-roi-per-pass", "chunks-of-7"],
+)
+def test_speed_switches_give_the_fixture_outputs(switches):
+    """The speed settings (BN folded into the convolutions, channels-last, res5 in RoI chunks, reuse of the
+    proposals' res5) change how, not what: each setting matches the fixture end to end."""
+    folder, case = CASES[0].values
+    data = load_case(folder, case)
+    config = VinVLDetectorConfig.from_dict({**data["model"].config.to_dict(), **switches})
+    model = VinVLDetector(config).eval()
+    model.load_state_dict(data["model"].state_dict())
+    features = data["processor"](data["images"], pad_batch=data["spec"]["batched"])
+    with torch.inference_mode():
+        result = model(**features, boxes=data["given_boxes"] if case == "force_boxes" else None)
+    out = data["outputs"]
+    for i in images_of(folder, case):
+        assert torch.equal(result.labels[i], out[f"img{i}/labels"].to(result.labels[i].dtype))
+        assert_close(result.boxes[i], out[f"img{i}/boxes_orig"], f"img{i}/boxes_orig")
+        assert_close(result.region_features[i], out[f"img{i}/box_features"], f"img{i}/box_features")
+        assert_close(result.attribute_labels[i], out[f"img{i}/attr_labels"], f"img{i}/attr_labels")
