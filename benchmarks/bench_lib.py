@@ -279,6 +279,16 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> fl
     return median([a / b for a, b in zip(numerator, denominator)])
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); without it oneDNN emulates bf16
+    at a small fraction of the fp32 rate, and bf16 runs are cut down to stay short."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def gemm_callable(n: int, dtype: torch.dtype, device: str = "cpu") -> Callable[[], Any]:
     """One n x n x n matrix product, the machine's reference compute rate."""
     a = torch.randn(n, n, device=device).to(dtype)

@@ -37,6 +37,11 @@ CPU_TARGETS = (
     ("sdpa_vs_visualbert_fp32", "ours SDPA vs VisualBERT eager trunk, CPU fp32, x", 1.3),
     ("sdpa_fraction_of_gemm_fp32", "ours SDPA trunk GFLOP/s / measured GEMM GFLOP/s, fp32", 0.5),
     (
+        "decoding_fraction_of_gemm_fp32",
+        "cached caption decoding, useful GFLOP/s / GEMM GFLOP/s of the same run, fp32 (same captions)",
+        0.6,
+    ),
+    (
         "skip_padding_vs_visualbert_fp32",
         "ours with skip_padding vs VisualBERT, CPU fp32, padded batch with longest text row 96 of 128, x",
         1.3,
@@ -63,6 +68,9 @@ def cpu_targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
     values = {
         "kv_cache_speedup": _get(sections, "decoding", "speedup_cache_vs_full") if identical else None,
         "sdpa_vs_visualbert_fp32": _get(sections, "trunk", "dtypes", "fp32", "speedup_sdpa_vs_visualbert"),
+        "decoding_fraction_of_gemm_fp32": _get(sections, "decoding", "rates", "fp32", "fraction_of_gemm")
+        if identical
+        else None,
         "sdpa_fraction_of_gemm_fp32": _get(
             sections, "trunk", "dtypes", "fp32", "variants", "ours_sdpa", "fraction_of_gemm"
         ),
@@ -181,6 +189,32 @@ def render_cpu(sections: dict[str, Any], targets: list[dict[str, Any]]) -> str:
             f"\nKV-cache speed-up: **{dec['speedup_cache_vs_full']:.2f}x**; identical captions: "
             f"{fmt(dec['identical_captions'])}"
         )
+        rates = dec.get("rates", {})
+        if "fp32" in rates:
+            out.append(
+                f"\nCached decoding against the GEMM rate of the same run (useful FLOPs; native bf16: "
+                f"{fmt(rates['native_bf16'])}; bf16 captions equal fp32: {fmt(rates['bf16_same_captions_as_fp32'])}):\n"
+            )
+            rows = [
+                [d, r["images"], r["median_s"], r["tokens_per_s"], r["gflops"], r["gemm_n"], r["gemm_gflops"],
+                 r["fraction_of_gemm"]]
+                for d, r in ((d, rates[d]) for d in ("fp32", "bf16") if d in rates)
+            ]  # fmt: skip
+            out.append(
+                md_table(
+                    [
+                        "dtype",
+                        "images",
+                        "s/batch",
+                        "caption tokens/s",
+                        "useful GFLOP/s",
+                        "GEMM n",
+                        "GEMM GFLOP/s",
+                        "share of GEMM",
+                    ],
+                    rows,
+                )  # fmt: skip
+            )
     tr = sections.get("training", {})
     if "variants" in tr:
         out.append(

@@ -1062,7 +1062,8 @@ class OscarLMPredictionHead(nn.Module):
         self.bias = nn.Parameter(bias, requires_grad=self.bias.requires_grad)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.transform(hidden_states)) + self.bias
+        # One fused product + bias (addmm): the separate add cost a pass over (rows, vocab) logits.
+        return F.linear(self.transform(hidden_states), self.decoder.weight, self.bias)
 
 
 class OscarOnlyMLMHead(nn.Module):

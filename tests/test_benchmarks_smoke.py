@@ -53,6 +53,10 @@ def test_cpu_suite_quick_writes_report(tmp_path: Path) -> None:
     assert decoding["identical_captions"] is True
     assert set(decoding["variants"]) == {"kv_cache", "full_recompute"}
     assert decoding["speedup_cache_vs_full"] > 0
+    for dtype in ("fp32", "bf16"):
+        rates = decoding["rates"][dtype]
+        assert rates["tokens_per_s"] > 0 and rates["gemm_gflops"] > 0 and rates["fraction_of_gemm"] > 0
+        assert rates["images"] >= 1
 
     training = results["training"]
     for variant in ("no_checkpointing", "gradient_checkpointing", "sparse_prediction"):
@@ -74,6 +78,7 @@ def test_cpu_suite_quick_writes_report(tmp_path: Path) -> None:
         "kv_cache_speedup",
         "sdpa_vs_visualbert_fp32",
         "sdpa_fraction_of_gemm_fp32",
+        "decoding_fraction_of_gemm_fp32",
         "skip_padding_vs_visualbert_fp32",
     }
     # The quick plan has no batch with a longest row of 96 tokens: that target is not measured.
