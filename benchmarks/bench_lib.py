@@ -422,6 +422,7 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "mkldnn": torch.backends.mkldnn.is_available(),
+        "cpu_bf16": cpu_has_native_bf16(),
     }
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -430,7 +431,6 @@ def environment() -> dict[str, Any]:
             key, _, value = line.partition(":")
             if key.strip() in wanted:
                 facts[f"lscpu_{key.strip()}"] = value.strip()
-        facts["cpu_bf16"] = "avx512_bf16" in lscpu or "amx_bf16" in lscpu
     except (OSError, subprocess.SubprocessError):
         pass
     if torch.cuda.is_available():

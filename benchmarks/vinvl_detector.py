@@ -114,6 +114,14 @@ def test_images(quick: bool, count: int):
     return images
 
 
+def test_inputs(config, quick: bool, count: int) -> dict:
+    """`count` test images through the detector's image processor; more than one image is one padded batch."""
+    from oscar_hf.processors.image_processing_vinvl import VinVLImageProcessor
+
+    processor = VinVLImageProcessor(min_size=config.min_size_test, max_size=config.max_size_test)
+    return processor(test_images(quick, count), pad_batch=count > 1)
+
+
 # ------------------------------------------------------------------------------------------------
 # One variant (runs in its own process)
 # ------------------------------------------------------------------------------------------------
@@ -143,13 +151,9 @@ class StageTimer:
 
 
 def run_variant(variant: str, quick: bool, repeats: int, dump: Path) -> dict:
-    from oscar_hf.processors.image_processing_vinvl import VinVLImageProcessor
-
     model = build_model(variant, quick)
-    processor = VinVLImageProcessor(min_size=model.config.min_size_test, max_size=model.config.max_size_test)
-    batched = variant.endswith("batched")
-    images = test_images(quick, 2 if batched else 1)
-    features = processor(images, pad_batch=batched)
+    per_image = 2 if variant.endswith("batched") else 1
+    features = test_inputs(model.config, quick, per_image)
     timer = StageTimer()
     timer.wrap(model, "extract_c4", "backbone")
     timer.wrap(model.rpn, "forward", "rpn")
@@ -171,7 +175,6 @@ def run_variant(variant: str, quick: bool, repeats: int, dump: Path) -> dict:
     for _ in range(repeats):
         output = once()
     total = (time.perf_counter() - start) / repeats
-    per_image = len(images)
     stages = {k: v / repeats / per_image for k, v in timer.seconds.items()}  # before the untimed forward below
     bf16 = "bf16" in variant
     # Autocast does not change what is computed: bf16 takes the FLOP count of the fp32 run (one forward less).
@@ -226,12 +229,8 @@ def run_paired(quick: bool, repeats: int) -> dict:
     order rotated each repetition), so that both see the same machine state; paired per repetition."""
     from bench_lib import interleaved, median, paired_ratio
 
-    from oscar_hf.processors.image_processing_vinvl import VinVLImageProcessor
-
     models = {variant: build_model(variant, quick) for variant in ("original fp32", "ours fp32")}
-    config = models["ours fp32"].config
-    processor = VinVLImageProcessor(min_size=config.min_size_test, max_size=config.max_size_test)
-    features = processor(test_images(quick, 1))
+    features = test_inputs(models["ours fp32"].config, quick, 1)
 
     def forward(variant: str):
         with torch.inference_mode():

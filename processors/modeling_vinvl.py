@@ -235,8 +235,9 @@ def conv_frozen_bn(conv: nn.Conv2d, bn: VinVLFrozenBatchNorm2d, hidden: torch.Te
 
     Folding puts BN's scale into the convolution's weights and its shift into the bias: the same affine
     map, one pass over the activations instead of three (float rounding differs at the 1e-7 relative
-    level). The folded weights are recomputed per call (about 1% of a forward) rather than cached, so that
-    loading, `.to()` and autograd need no invalidation and peak memory holds one copy of the weights.
+    level). The folded weights are recomputed per call rather than cached, so that loading, `.to()` and
+    autograd need no invalidation and peak memory holds one copy of the weights; at full size that costs
+    0.03 s for the backbone and 0.012 s per res5 pass, under 1% of a forward on 2 CPU cores.
     """
     if not fold:
         return bn(conv(hidden))
@@ -529,7 +530,8 @@ class VinVLBoxFeatureExtractor(nn.Module):
         chunk = self.config.roi_head_chunk_size
         if not chunk or len(pooled) <= chunk:
             return pooled, self.head(pooled)
-        # A few RoIs per pass keep res5's activations small (300 at once hold about 1.5 GB) and in cache.
+        # A few RoIs per pass keep res5's activations small and in cache: at full size, 300 RoIs at once
+        # raised the peak RSS by about 1 GB.
         return pooled, torch.cat([self.head(part) for part in pooled.split(chunk)])
 
 
